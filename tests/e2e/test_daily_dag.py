@@ -159,7 +159,7 @@ def test_failed_quality_gate_keeps_the_last_good_output(
     # makes the raw gate fail, which must leave the published day exactly as it was.
     monkeypatch.setenv(
         "AIRFLOW_VAR_SPAMGEO_QUALITY",
-        json.dumps({"severities": {"no_address_share": "error"}, "max_no_address_share": 0.0}),
+        json.dumps({"severities": {"raw_no_address": "error"}, "max_no_address_share": 0.0}),
     )
     second = run_day(dag, day, run_after=datetime(2026, 11, 21, 2, tzinfo=UTC))
     assert second.state == "failed"
