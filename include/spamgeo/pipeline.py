@@ -20,7 +20,6 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from spamgeo import __version__
 from spamgeo.window import Window
 
 log = logging.getLogger(__name__)
@@ -155,15 +154,15 @@ def aggregate_step(
     folder: RunFolder, *, geo_settings: Any, quality_config: Any = None
 ) -> dict[str, Any]:
     """Count spam per sender address and day, geolocate each address, and check the result."""
-    from spamgeo.aggregate import spam_counts_by_ip
+    from spamgeo.aggregate import count_spam
     from spamgeo.geolocate import geolocate, open_geolocator
     from spamgeo.quality import expected_count_total, validate_aggregate
 
     clean = pq.read_table(folder.clean)
     started = time.perf_counter()
-    counts = spam_counts_by_ip(clean)
+    counts = count_spam(clean)
     with open_geolocator(geo_settings) as geolocator:
-        daily = geolocate(counts, geolocator)
+        daily = geolocate(counts.by_ip, geolocator)
         databases = geolocator.describe()
     log.info(
         "counted and geolocated %d spam rows into %d address-days in %.2f s",
@@ -179,11 +178,15 @@ def aggregate_step(
     (folder.reports / "validation_aggregate.html").write_bytes(report.to_html())
     _write_table(daily, folder.daily)
 
+    import pyarrow.compute as pc
+
+    addresses = pc.if_else(
+        pc.equal(daily["SenderIPv4"], ""), daily["SenderIPv6"], daily["SenderIPv4"]
+    )
     summary = {
         "rows_out": daily.num_rows,
-        "distinct_addresses": len(
-            set(daily["SenderIPv4"].to_pylist()) | set(daily["SenderIPv6"].to_pylist()) - {""}
-        ),
+        "distinct_addresses": len(pc.unique(addresses)),
+        "unparsable_addresses_dropped": counts.rejected_sightings,
         "geolocation_databases": databases,
         "quality": report.summary(),
     }
@@ -219,10 +222,20 @@ def publish_step(
     prefix: str = DEFAULT_PREFIX,
     rollup_days: int = DEFAULT_ROLLUP_DAYS,
 ) -> dict[str, Any]:
-    """Publish one daily partition per day of the window, then rebuild the rolling rollup."""
+    """Publish one daily partition per day of the window, then rebuild the rolling rollup.
+
+    The rollup always ends at the newest published day, so backfilling old days fills gaps in
+    it instead of moving it back in time.
+    """
     import pyarrow.compute as pc
 
-    from spamgeo.publish import build_rollup, csv_bytes, publish_day
+    from spamgeo.publish import (
+        build_manifest,
+        build_rollup,
+        csv_bytes,
+        publish_day,
+        published_days,
+    )
 
     daily = pq.read_table(folder.daily)
     quarantine = pq.read_table(folder.quarantine)
@@ -232,33 +245,32 @@ def publish_step(
     quarantine_days = pc.cast(quarantine["TimeGenerated"], pa.timestamp("us", tz="UTC")).cast(
         pa.date32()
     )
-    first_day = window.days()[0]
+    days = window.days()
+    # Quarantined rows stamped outside the window belong to no day of it; they are published
+    # with the window's first day rather than dropped.
+    outside = pc.invert(pc.fill_null(pc.is_in(quarantine_days, pa.array(days, pa.date32())), False))
 
     published = []
-    for day in window.days():
-        day_rows = daily.filter(pc.equal(daily["Date"], pa.scalar(day, pa.date32())))
-        held = pc.equal(quarantine_days, pa.scalar(day, pa.date32()))
-        if day == first_day:
-            # Quarantined rows stamped outside the window belong to no day; keep them visible
-            # with the window's first day rather than dropping them.
-            outside = pc.invert(pc.is_in(quarantine_days, pa.array(window.days(), pa.date32())))
-            held = pc.or_(held, pc.fill_null(outside, True))
-        day_quarantine = quarantine.filter(pc.fill_null(held, False))
-        manifest = {
-            "run_id": run_id,
-            "window": {"start": window.start.isoformat(), "end": window.end.isoformat()},
-            "day": day.isoformat(),
-            "rows_in": rows_in_per_day.get(day.isoformat(), 0),
-            "rows_out": day_rows.num_rows,
-            "rows_quarantined": day_quarantine.num_rows,
-            "extract": earlier.get("extract", {}),
-            "quality": {
+    for day in days:
+        this_day = pa.scalar(day, pa.date32())
+        day_rows = daily.filter(pc.equal(daily["Date"], this_day))
+        held = pc.fill_null(pc.equal(quarantine_days, this_day), False)
+        if day == days[0]:
+            held = pc.or_(held, outside)
+        day_quarantine = quarantine.filter(held)
+        manifest = build_manifest(
+            window=window,
+            run_id=run_id,
+            rows_in=int(rows_in_per_day.get(day.isoformat(), 0)),
+            rows_out=day_rows.num_rows,
+            geolocation_database=earlier.get("aggregate", {}).get("geolocation_databases"),
+            quality={
                 "raw": earlier.get("validate", {}).get("quality"),
                 "aggregate": earlier.get("aggregate", {}).get("quality"),
             },
-            "geolocation_databases": earlier.get("aggregate", {}).get("geolocation_databases"),
-            "code_version": __version__,
-        }
+            rows_quarantined=day_quarantine.num_rows,
+            extract=earlier.get("extract", {}),
+        )
         attachments = {"quarantine.csv": csv_bytes(day_quarantine), **reports}
         result = publish_day(
             store, prefix, day, day_rows, attachments=attachments, manifest=manifest
@@ -266,20 +278,23 @@ def publish_step(
         published.append(
             {
                 "day": day.isoformat(),
-                "rows_out": day_rows.num_rows,
-                "path": str(getattr(result, "csv_path", "")),
+                "rows_out": result.rows,
+                "path": result.paths["spam_by_ip.csv"],
             }
         )
 
-    rollup = build_rollup(store, prefix, max(window.days()), days=rollup_days)
+    as_of = max([*days, *published_days(store, prefix)])
+    rollup = build_rollup(store, prefix, as_of, days=rollup_days)
     summary = {
         "store": store.describe(),
         "days": published,
         "rows_out": sum(item["rows_out"] for item in published),
         "rollup": {
+            "as_of": as_of.isoformat(),
             "rows": rollup.rows,
             "complete": rollup.complete,
             "days_missing": [day.isoformat() for day in rollup.days_missing],
+            "paths": rollup.paths,
         },
     }
     _update_summary(folder, "publish", summary)
