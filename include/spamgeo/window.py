@@ -108,9 +108,7 @@ class Window:
 
     def kql_filter(self, column: str = "TimeGenerated") -> str:
         """A KQL predicate that keeps exactly the rows of this half-open window."""
-        return (
-            f"{column} >= datetime({_iso(self.start)}) and {column} < datetime({_iso(self.end)})"
-        )
+        return f"{column} >= datetime({_iso(self.start)}) and {column} < datetime({_iso(self.end)})"
 
     def __str__(self) -> str:
         return f"[{_iso(self.start)}, {_iso(self.end)})"

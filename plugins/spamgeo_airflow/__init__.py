@@ -1,0 +1,1 @@
+"""Thin Airflow adapters (hooks) over the spamgeo pipeline package in include/."""

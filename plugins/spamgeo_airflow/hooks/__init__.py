@@ -1,0 +1,1 @@
+"""Airflow hooks that turn connections into spamgeo clients."""
