@@ -365,6 +365,11 @@ def write_self_signed_certificate(state_dir: Path, host: str) -> tuple[Path, Pat
         x509.DNSName("localhost"),
         x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
     ]
+    if host in ("0.0.0.0", "::"):
+        # Listening on every interface (as in docker compose): clients reach it by host name.
+        import socket
+
+        host = socket.gethostname()
     try:
         extra: x509.GeneralName = x509.IPAddress(ipaddress.ip_address(host))
     except ValueError:
