@@ -25,6 +25,9 @@ from airflow.sdk.bases.sensor import PokeReturnValue
 
 SPAM_BY_IP = Asset(name="spamgeo_spam_by_ip")
 LOG_ANALYTICS_POOL = "log_analytics_api"
+# Slices of one extraction queried at once; the task takes as many pool slots, so the pool
+# (5 slots: the API's concurrent queries per user) caps queries across runs and backfills.
+EXTRACT_PARALLEL_SLICES = 2
 PUBLISH_POOL = "spamgeo_publish"
 
 
@@ -68,6 +71,7 @@ def spamgeo_daily() -> None:
 
     @task(
         pool=LOG_ANALYTICS_POOL,
+        pool_slots=EXTRACT_PARALLEL_SLICES,
         retries=3,
         retry_delay=timedelta(minutes=2),
         retry_exponential_backoff=True,
@@ -76,7 +80,7 @@ def spamgeo_daily() -> None:
     def extract(window: dict[str, str]) -> dict[str, Any]:
         from spamgeo_airflow.runs import run_extract
 
-        return run_extract(get_current_context(), window)
+        return run_extract(get_current_context(), window, EXTRACT_PARALLEL_SLICES)
 
     @task
     def validate(window: dict[str, str], extracted: dict[str, Any]) -> dict[str, Any]:

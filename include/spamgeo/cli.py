@@ -25,6 +25,15 @@ class UsageError(Exception):
     """A command-line or environment setting that cannot be used; the message names it."""
 
 
+def _run_failures() -> tuple[type[Exception], ...]:
+    """Failures the pipeline raises with a complete explanation of their own."""
+    from spamgeo.extract import ExtractError
+    from spamgeo.publish import PublishError
+    from spamgeo.quality import QualityGateError
+
+    return (ExtractError, PublishError, QualityGateError)
+
+
 def _env(name: str, default: str | None = None) -> str | None:
     value = os.environ.get(name)
     return value if value not in (None, "") else default
@@ -79,7 +88,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _log_analytics_client(args: argparse.Namespace) -> Any:
-    from spamgeo.extract import LogAnalyticsClient, LogAnalyticsSettings, make_credential
+    from spamgeo.credentials import make_credential
+    from spamgeo.extract import LogAnalyticsClient, LogAnalyticsSettings
 
     workspace_id = args.workspace_id or _env("SPAMGEO_WORKSPACE_ID")
     if not workspace_id:
@@ -230,5 +240,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UsageError, ValueError, OSError) as exc:
         log.error("%s", exc)
         return 2
+    except Exception as exc:
+        if not isinstance(exc, _run_failures()):
+            raise
+        # A run stopped for a reason the pipeline explains (quality gate, API refusal,
+        # storage error): its message is the whole story, a traceback would bury it.
+        log.error("run failed: %s", exc)
+        return 1
     except KeyboardInterrupt:
         return 130

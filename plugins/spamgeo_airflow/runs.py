@@ -81,12 +81,13 @@ def _run_folder(context: Any) -> Any:
     return run_folder_for(load_settings().work_dir, context["dag_run"].run_id)
 
 
-def run_extract(context: Any, window: dict[str, str]) -> dict[str, Any]:
+def run_extract(context: Any, window: dict[str, str], parallel_slices: int) -> dict[str, Any]:
     from spamgeo.pipeline import extract_step
     from spamgeo_airflow.hooks.log_analytics import LogAnalyticsHook
 
-    client = LogAnalyticsHook(log_analytics_conn_id=LOG_ANALYTICS_CONN_ID).get_client()
-    return extract_step(client, _window(window), _run_folder(context))
+    hook = LogAnalyticsHook(log_analytics_conn_id=LOG_ANALYTICS_CONN_ID)
+    with hook.get_client(max_parallel_slices=parallel_slices) as client:
+        return extract_step(client, _window(window), _run_folder(context))
 
 
 def run_validate(context: Any, window: dict[str, str]) -> dict[str, Any]:

@@ -48,6 +48,8 @@ def test_daily_dag_wiring(dag_bag) -> None:
     extract = dag.get_task("extract")
     assert extract.retries >= 1
     assert extract.pool == "log_analytics_api"
+    # The API allows 5 concurrent queries per user: one extraction may not take them all.
+    assert 1 <= extract.pool_slots < 5
     assert dag.get_task("publish").outlets, "publish must update the spam_by_ip asset"
     assert set(dag.params.keys()) == {"start_day", "end_day"}
     order = ["resolve_window", "extract", "validate", "count_and_geolocate", "publish"]
