@@ -1,7 +1,8 @@
 """Geolocation of spam sender addresses with MaxMind-format City and ASN databases.
 
-Each distinct global address is looked up once with the maxminddb C reader; addresses that are
-not globally routable are never looked up and carry the reason in AddressClass. Every output is
+Each distinct global address is looked up once, with maxminddb-rust when it is installed and the
+maxminddb C reader otherwise; addresses that are not globally routable are never looked up and
+carry the reason in AddressClass. Every output is
 recorded with `Geolocator.describe()`, because releases of a database disagree on the country of
 a noticeable share of addresses.
 
@@ -182,6 +183,53 @@ def _parse(text: str) -> tuple[str, str]:
     return candidate, classify_address(ipaddress.IPv6Address(number))
 
 
+def _parse_many(distinct: pa.Array) -> tuple[list[str], list[str]]:
+    """Texts to look up and AddressClass of distinct address texts, as `_parse` gives them.
+
+    Plain global IPv4 texts, most of a day's senders, are recognised with Arrow kernels; only
+    the rest (IPv6, special networks, anything odd) goes through `_parse` one by one.
+    """
+    texts = distinct.to_pylist()
+    lookup_texts = list(texts)
+    address_classes = [GLOBAL] * len(texts)
+    others = pc.indices_nonzero(pc.invert(_plain_global_ipv4(distinct)))
+    for position in others.to_pylist():
+        lookup_texts[position], address_classes[position] = _parse(texts[position] or "")
+    return lookup_texts, address_classes
+
+
+def _plain_ipv4_pattern(special: tuple[list[int], list[int]]) -> str | None:
+    """A regex for dotted quads whose first octet lies in no special range, or None if none do.
+
+    Each text it matches is one that inet_pton(AF_INET) accepts with the same value (digits only,
+    no leading zeros, octets up to 255) and that strip() leaves as it is, so `_parse` would
+    answer "global" for it without consulting `ipaddress`.
+    """
+    starts, ends = special
+    if not starts:
+        return None
+    touched = {
+        octet
+        for start, end in zip(starts, ends, strict=True)
+        for octet in range(start >> 24, (end >> 24) + 1)
+    }
+    plain = [str(octet) for octet in range(256) if octet not in touched]
+    if not plain:
+        return None
+    octet = "(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+    return rf"^(?:{'|'.join(plain)})(?:\.{octet}){{3}}$"
+
+
+_PLAIN_IPV4 = _plain_ipv4_pattern(_V4_SPECIAL)
+
+
+def _plain_global_ipv4(texts: pa.Array) -> pa.Array:
+    """True where a text is a dotted quad that `_parse` would certainly call "global"."""
+    if _PLAIN_IPV4 is None:
+        return pa.array([False] * len(texts), pa.bool_())
+    return pc.fill_null(pc.match_substring_regex(texts, _PLAIN_IPV4), False)
+
+
 # --- databases ----------------------------------------------------------------------------------
 
 
@@ -265,10 +313,15 @@ class Geolocator:
             if reader is not None:
                 reader.close()
 
+    def ip_version(self, setting: str) -> int | None:
+        """6 if the database of `setting` holds IPv6 too, 4 if IPv4 only, None if not open."""
+        info = next((db for db in self.databases if db.setting == setting), None)
+        return None if info is None else info.ip_version
+
     def serves(self, setting: str, address: str) -> bool:
         """False for an IPv6 address and an IPv4-only database, which would raise on lookup."""
-        info = next((db for db in self.databases if db.setting == setting), None)
-        return info is not None and (info.ip_version == 6 or ":" not in address)
+        ip_version = self.ip_version(setting)
+        return ip_version is not None and (ip_version == 6 or ":" not in address)
 
     def city_fields(self, addresses: list[str]) -> dict[str, list[Any]]:
         """City columns (GEO_SCHEMA names) for valid global addresses, None where unknown."""
@@ -409,43 +462,47 @@ def geolocate(counts: pa.Table, geolocator: Geolocator) -> pa.Table:
         counts.column("SenderIPv6"),
         counts.column("SenderIPv4"),
     )
-    distinct = pc.unique(address)
-    parsed = [_parse(text or "") for text in distinct.to_pylist()]
-    classes = Counter(address_class for _, address_class in parsed)
+    if not (pa.types.is_string(address.type) or pa.types.is_large_string(address.type)):
+        # An empty or all-null column can come typed null; the text kernels below need text.
+        address = address.cast(pa.string())
+    # One hash pass gives both the distinct addresses and each row's index among them; nulls
+    # become an entry of their own, classified "invalid" like an empty text.
+    encoded = pc.dictionary_encode(address.combine_chunks(), null_encoding="encode")
+    distinct, rows = encoded.dictionary, encoded.indices
+    lookup_texts, address_classes = _parse_many(distinct)
+    classes = Counter(address_classes)
 
-    columns: dict[str, list[Any]] = {name: [None] * len(parsed) for name in GEO_SCHEMA.names}
-    columns["AddressClass"] = [address_class for _, address_class in parsed]
+    located = {"AddressClass": pa.array(address_classes, pa.string())}
+    is_global = pc.equal(located["AddressClass"], GLOBAL)
     for setting, lookup in (("city_db", geolocator.city_fields), ("asn_db", geolocator.asn_fields)):
-        positions = [
-            position
-            for position, (text, address_class) in enumerate(parsed)
-            if address_class == GLOBAL and geolocator.serves(setting, text)
-        ]
-        for name, values in lookup([parsed[position][0] for position in positions]).items():
-            column = columns[name]
-            for position, value in zip(positions, values, strict=True):
-                column[position] = value
+        ip_version = geolocator.ip_version(setting)
+        if ip_version == 6:
+            served = is_global
+        elif ip_version is None:
+            served = pc.and_(is_global, False)
+        else:
+            is_ipv6 = pc.match_substring(pa.array(lookup_texts, pa.string()), ":")
+            served = pc.and_(is_global, pc.invert(is_ipv6))
+        positions, slots = _lookup_order(served, distinct)
+        for name, values in lookup([lookup_texts[p] for p in positions]).items():
+            located[name] = pa.array(values, GEO_SCHEMA.field(name).type).take(slots)
 
-    located = pa.table(
-        {name: pa.array(values, GEO_SCHEMA.field(name).type) for name, values in columns.items()}
-    )
-    rows = pc.index_in(address, value_set=distinct)
     enriched = {name: counts.column(name) for name in counts.column_names}
     for name in GEO_SCHEMA.names:
-        enriched[name] = pc.take(located.column(name), rows)
+        enriched[name] = pc.take(located[name], rows)
     result = pa.table({name: enriched[name] for name in DAILY_COLUMNS})
 
     looked_up = classes[GLOBAL]
     found = pc.sum(
         pc.and_(
-            pc.equal(located.column("AddressClass"), GLOBAL),
-            pc.or_(pc.is_valid(located.column("Country")), pc.is_valid(located.column("ASN"))),
+            pc.equal(located["AddressClass"], GLOBAL),
+            pc.or_(pc.is_valid(located["Country"]), pc.is_valid(located["ASN"])),
         )
     ).as_py()
     log.info(
         "Geolocated %d distinct addresses: %d looked up, %d found, %d not found, "
         "not looked up by class %s, in %.3f s",
-        len(parsed),
+        len(address_classes),
         looked_up,
         found or 0,
         looked_up - (found or 0),
@@ -453,3 +510,16 @@ def geolocate(counts: pa.Table, geolocator: Geolocator) -> pa.Table:
         time.perf_counter() - started,
     )
     return result
+
+
+def _lookup_order(served: pa.Array, texts: pa.Array) -> tuple[list[int], pa.Array]:
+    """Positions to look up, in text order, and for each position its answer's index.
+
+    Lookups in sorted order take about a fifth less time: neighbouring addresses share most of
+    their path through the database's search tree. Positions not served get a null index, which
+    `take` turns into a null value.
+    """
+    positions = pc.cast(pc.indices_nonzero(served), pa.int64())
+    positions = positions.take(pc.array_sort_indices(texts.take(positions)))
+    slots = pc.inverse_permutation(positions, max_index=len(served) - 1)
+    return positions.to_pylist(), slots

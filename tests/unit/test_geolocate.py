@@ -11,12 +11,16 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
+from mmdb_writer import MMDBWriter
+from netaddr import IPSet
 
 from spamgeo import geolocate as geolocate_module
 from spamgeo.geolocate import (
     GeoDatabaseError,
     GeoSettings,
     _parse,
+    _parse_many,
+    _plain_ipv4_pattern,
     classify_address,
     default_city_database,
     geolocate,
@@ -113,6 +117,41 @@ def test_fast_classification_agrees_with_ipaddress() -> None:
         assert _parse(text)[1] == classify_address(text), text
 
 
+@pytest.fixture(params=["arrow", "one_by_one"])
+def plain_ipv4(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a test with the Arrow shortcut for plain IPv4 texts, and with `_parse` for every text."""
+    if request.param == "one_by_one":
+        monkeypatch.setattr(geolocate_module, "_PLAIN_IPV4", None)
+    return request.param
+
+
+def test_parse_many_agrees_with_parse(plain_ipv4: str) -> None:
+    # Texts the shortcut must refuse (leading zeros, spaces, a newline, octets over 255, other
+    # digits, special first octets) beside ones it takes; every one must come out as from _parse.
+    texts: list[str | None] = [
+        "1.2.3.4", "01.2.3.4", "1.2.3.04", "1.2.3.00", " 1.2.3.4", "1.2.3.4 ", "1.2.3.4\n",
+        "1.2.3.4\x00", "256.1.1.1", "1.2.3.256", "1.2.3", "1.2.3.4.5", "1..2.3", "1.2.3.",
+        "\u0661.2.3.4", "+1.2.3.4", "0.0.0.0", "9.9.9.9", "99.255.255.255", "100.63.255.255",
+        "100.64.0.1", "101.0.0.0", "126.255.255.255", "127.0.0.1", "128.0.0.0", "169.254.1.1",
+        "172.15.255.255", "172.16.0.1", "192.0.2.1", "192.169.0.1", "198.18.0.1", "203.0.113.9",
+        "223.255.255.255", "224.0.0.1", "255.255.255.255", "::ffff:1.2.3.4", "::ffff:10.0.0.1",
+        "2a00::1", "2001:db8::1", "::1", "", "x", None,
+    ]  # fmt: skip
+    rng = random.Random(5)
+    texts += [str(ipaddress.IPv4Address(rng.getrandbits(32))) for _ in range(3000)]
+    texts += [str(ipaddress.IPv6Address(rng.getrandbits(128))) for _ in range(300)]
+
+    lookup_texts, address_classes = _parse_many(pa.array(texts, pa.string()))
+
+    expected = [_parse(text or "") for text in texts]
+    assert list(zip(lookup_texts, address_classes, strict=True)) == expected
+
+
+def test_plain_ipv4_pattern_without_registries_takes_nothing() -> None:
+    assert _plain_ipv4_pattern(([], [])) is None
+    assert _plain_ipv4_pattern(([0], [2**32 - 1])) is None
+
+
 # --- lookups ----------------------------------------------------------------------------------
 
 
@@ -148,6 +187,63 @@ def test_geolocate_known_answers(city_db: Path, asn_db: Path, reader_backend: st
     assert result.schema.field("ASN").type == pa.int64()
     # Count columns pass through untouched.
     assert result.column("count_").to_pylist() == list(range(1, len(addresses) + 1))
+
+
+def test_answers_do_not_depend_on_the_order_of_addresses(
+    city_db: Path, asn_db: Path, reader_backend: str, plain_ipv4: str
+) -> None:
+    # Lookups run in sorted order; each answer must still land on its own address.
+    known = [*CITY_ANSWERS, *UNKNOWN_GLOBAL]
+    addresses = [*reversed(known), "bogus", "10.1.2.3", *known, "fc00::1", "::ffff:81.2.69.160"]
+    with open_geolocator(GeoSettings(city_db=city_db, asn_db=asn_db)) as geolocator:
+        result = geolocate(counts_for(addresses), geolocator)
+        one_by_one = [geolocate(counts_for([a]), geolocator).to_pylist()[0] for a in addresses]
+
+    assert result.to_pylist() == [
+        {**row, "count_": number} for number, row in enumerate(one_by_one, start=1)
+    ]
+    assert result.column("City").to_pylist()[-1] == "London"
+
+
+def test_missing_address_is_invalid(city_db: Path) -> None:
+    counts = counts_for(["81.2.69.160", "", "81.2.69.160"])
+    counts = counts.set_column(1, "SenderIPv4", pa.array(["81.2.69.160", None, None]))
+    counts = counts.set_column(0, "SenderIPv6", pa.array(["", None, None], pa.string()))
+    with open_geolocator(GeoSettings(city_db=city_db)) as geolocator:
+        result = geolocate(counts, geolocator)
+
+    assert result.column("AddressClass").to_pylist() == ["global", "invalid", "invalid"]
+    assert result.column("City").to_pylist() == ["London", None, None]
+
+
+def test_no_rows(city_db: Path) -> None:
+    with open_geolocator(GeoSettings(city_db=city_db)) as geolocator:
+        result = geolocate(counts_for([]), geolocator)
+
+    assert result.num_rows == 0
+    assert result.column_names == DAILY_COLUMNS
+
+
+def test_ipv4_only_database_leaves_ipv6_addresses_unknown(
+    tmp_path: Path, reader_backend: str
+) -> None:
+    writer = MMDBWriter(ip_version=4, database_type="GeoLite2-City", languages=["en"])
+    writer.insert_network(
+        IPSet(["81.2.69.0/24"]),
+        {"country": {"iso_code": "GB", "names": {"en": "United Kingdom"}}},
+    )
+    path = tmp_path / "ipv4-city.mmdb"
+    writer.to_db_file(str(path))
+    addresses = ["2001:480:10::1", "81.2.69.160", "::ffff:81.2.69.161"]
+    with open_geolocator(GeoSettings(city_db=path)) as geolocator:
+        assert geolocator.ip_version("city_db") == 4
+        assert geolocator.ip_version("asn_db") is None
+        rows = by_address(geolocate(counts_for(addresses), geolocator))
+
+    assert rows["2001:480:10::1"]["AddressClass"] == "global"
+    assert rows["2001:480:10::1"]["CountryIsoCode"] is None
+    assert rows["81.2.69.160"]["CountryIsoCode"] == "GB"
+    assert rows["::ffff:81.2.69.161"]["Country"] == "United Kingdom"
 
 
 def test_non_global_addresses_are_never_looked_up(city_db: Path) -> None:
