@@ -48,9 +48,36 @@ IPv4
 """
 
 
+MALFORMED = {"SenderIPv4": ["999.1.1.1", "not-an-address"], "SenderIPv6": ["2001:db8::zz"]}
+
+
+def with_malformed_senders(events: pa.Table, day: date) -> pa.Table:
+    """The same events plus three spam rows on `day` whose sender address is garbage."""
+    import pyarrow.compute as pc
+
+    window = Window.for_days(day)
+    spam_that_day = events.filter(
+        pc.and_(
+            pc.equal(events["ThreatTypes"], "Spam"),
+            pc.and_(
+                pc.greater_equal(events["TimeGenerated"], pa.scalar(window.start)),
+                pc.less(events["TimeGenerated"], pa.scalar(window.end)),
+            ),
+        )
+    ).slice(0, 3)
+    bad = spam_that_day.to_pylist()
+    for row, (column, value) in zip(
+        bad, [(c, v) for c, values in MALFORMED.items() for v in values], strict=True
+    ):
+        row["SenderIPv4"], row["SenderIPv6"] = "", ""
+        row[column] = value
+    return pa.concat_tables([events, pa.Table.from_pylist(bad, schema=events.schema)])
+
+
 @pytest.fixture(scope="module")
 def events() -> pa.Table:
-    return generate_email_events(24_000, Window.for_days(FIRST_DAY, LAST_DAY), seed=11)
+    clean = generate_email_events(24_000, Window.for_days(FIRST_DAY, LAST_DAY), seed=11)
+    return with_malformed_senders(clean, FIRST_DAY)
 
 
 @pytest.fixture(scope="module")
@@ -157,3 +184,28 @@ def test_rerunning_a_day_is_byte_identical(dag, azurite) -> None:
     assert run_day(dag, day, run_after=datetime(2026, 11, 22, 2, tzinfo=UTC)).state == "success"
     assert published_csv(azurite, day) == once
     assert once.count(b"\n") > 1
+
+
+def test_malformed_senders_are_quarantined_and_the_day_still_publishes(dag, azurite) -> None:
+    run = run_day(dag, FIRST_DAY, run_after=datetime(2026, 11, 23, 1, tzinfo=UTC))
+    assert run.state == "success"
+
+    folder = f"{PREFIX}/daily/date={FIRST_DAY.isoformat()}"
+    store = container_client(azurite)
+    quarantine = list(
+        csv.DictReader(
+            io.StringIO(store.download_blob(f"{folder}/quarantine.csv").readall().decode())
+        )
+    )
+    held = {(row["SenderIPv4"], row["SenderIPv6"]): row["QuarantineReason"] for row in quarantine}
+    assert held == {
+        ("999.1.1.1", ""): "raw_sender_ipv4",
+        ("not-an-address", ""): "raw_sender_ipv4",
+        ("", "2001:db8::zz"): "raw_sender_ipv6",
+    }
+    published = published_csv(azurite, FIRST_DAY).decode()
+    for values in MALFORMED.values():
+        for value in values:
+            assert value not in published
+    manifest = json.loads(store.download_blob(f"{folder}/manifest.json").readall())
+    assert manifest["rows_quarantined"] == 3
