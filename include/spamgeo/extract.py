@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import email.utils
 import gc
-import io
 import json
 import logging
 import math
 import os
 import random
 import re
+import tempfile
 import threading
 import time
 import uuid
@@ -64,6 +64,14 @@ _TRANSIENT_STATUSES = {
     500: "server error",
     502: "bad gateway",
     503: "unavailable",
+}
+_READ_BLOCK_BYTES = 1 << 20
+# Slice files are intermediate and read back whole, once: cheap compression, dictionaries only
+# where values repeat a lot, and no statistics (nothing filters on them).
+_SLICE_PARQUET_OPTIONS: dict[str, Any] = {
+    "compression": "lz4",
+    "use_dictionary": ["ThreatTypes"],
+    "write_statistics": False,
 }
 _TEXT_TYPES = frozenset({"string", "datetime", "guid"})
 _ENGINE_CODE = re.compile(r"\bE_[A-Z_]+\b")
@@ -268,10 +276,28 @@ def _column_array(values: Any, kind: str) -> pa.Array | pa.ChunkedArray:
     if kind == "datetime":
         return _timestamps(values)
     if kind == "string":
-        return pc.fill_null(_text(values), "")
+        text = _text(values)
+        # fill_null copies the column even when there is nothing to fill.
+        return pc.fill_null(text, "") if text.null_count else text
     if isinstance(values, pa.Array | pa.ChunkedArray):
         return values.cast(_ARROW_TYPES[kind])
     return pa.array(values, _ARROW_TYPES[kind])
+
+
+_duckdb_local = threading.local()
+
+
+def _duckdb_connection() -> Any:
+    """This thread's DuckDB connection, made once: connecting costs as much as a small answer."""
+    import duckdb
+
+    connection = getattr(_duckdb_local, "connection", None)
+    if connection is None:
+        # One thread per connection: the JSON reader parses an array on a single thread anyway,
+        # and parallel slices already keep the other cores busy.
+        connection = duckdb.connect(config={"threads": 1})
+        _duckdb_local.connection = connection
+    return connection
 
 
 def _text_columns_in_duckdb(rows: msgspec.Raw, width: int) -> list[pa.ChunkedArray] | None:
@@ -280,11 +306,18 @@ def _text_columns_in_duckdb(rows: msgspec.Raw, width: int) -> list[pa.ChunkedArr
 
     cells = ", ".join(f"r[{index + 1}] AS c{index}" for index in range(width))
     try:
-        with duckdb.connect() as connection:
-            relation = connection.read_json(
-                io.BytesIO(rows), format="array", records="false", columns={"r": "VARCHAR[]"}
+        # DuckDB reads a file natively but a Python file object through Python calls, which
+        # costs more than writing the rows out once.
+        with tempfile.NamedTemporaryFile(prefix="spamgeo-answer-", suffix=".json") as spool:
+            spool.write(memoryview(rows))
+            spool.flush()
+            relation = _duckdb_connection().read_json(
+                spool.name, format="array", records="false", columns={"r": "VARCHAR[]"}
             )
             table = relation.select(cells).to_arrow_table()
+    except OSError as exc:
+        log.warning("could not spool the answer rows for DuckDB (%s); parsing them in Python", exc)
+        return None
     except duckdb.Error as exc:
         log.debug("DuckDB could not read the answer rows (%s); parsing them in Python", exc)
         return None
@@ -420,6 +453,18 @@ class QueryAnswer:
     retries: list[str] = field(default_factory=list)
 
 
+@dataclass
+class _FinalResponse:
+    """A response no retry would change, not yet parsed."""
+
+    status: int
+    body: bytes
+    attempts: int
+    total_bytes: int
+    retries: list[str]
+    started: float
+
+
 class LogAnalyticsClient:
     """The query API over the SDK's pipeline (credential, auth, transport), parsed fast here.
 
@@ -443,6 +488,9 @@ class LogAnalyticsClient:
             credential,
             endpoint=settings.endpoint,
             retry_policy=RetryPolicy.no_retries(),
+            # azure-core reads a streamed body in 4 KiB blocks by default: thousands of Python
+            # round trips for an answer of tens of MB.
+            connection_data_block_size=_READ_BLOCK_BYTES,
             **options,
         )
         self._path = f"/workspaces/{quote(settings.workspace_id, safe='')}/query"
@@ -472,6 +520,10 @@ class LogAnalyticsClient:
         Raises PartialResultError or QueryTimeoutError when the answer is incomplete, and
         another ExtractError when retrying cannot help.
         """
+        return self._answer(self._send(query, window), window)
+
+    def _send(self, query: str, window: Window) -> _FinalResponse:
+        """The first response that retrying would not change, its body read whole."""
         from azure.core.exceptions import (
             ClientAuthenticationError,
             ServiceRequestError,
@@ -523,16 +575,7 @@ class LogAnalyticsClient:
                     retry_after = _retry_after_s(response.headers.get("Retry-After"))
                     reason = f"HTTP {status} {_TRANSIENT_STATUSES[status]}"
                 else:
-                    table = self._classify(
-                        status,
-                        body,
-                        window,
-                        attempts=attempt,
-                        total_bytes=total_bytes,
-                        retries=retries,
-                    )
-                    seconds = time.perf_counter() - started
-                    return QueryAnswer(table, total_bytes, attempt, seconds, retries)
+                    return _FinalResponse(status, body, attempt, total_bytes, retries, started)
 
             retries.append(reason)
             if attempt == settings.max_attempts:
@@ -557,6 +600,21 @@ class LogAnalyticsClient:
             f"query for {window} failed after {settings.max_attempts} attempts "
             f"({'; '.join(retries)}); the API kept throttling or failing: raise max_attempts "
             "or backoff_max_s, or lower max_parallel_slices"
+        )
+
+    def _answer(self, response: _FinalResponse, window: Window) -> QueryAnswer:
+        """The rows of a final response, or the error that says why there are none."""
+        table = self._classify(
+            response.status,
+            response.body,
+            window,
+            attempts=response.attempts,
+            total_bytes=response.total_bytes,
+            retries=response.retries,
+        )
+        seconds = time.perf_counter() - response.started
+        return QueryAnswer(
+            table, response.total_bytes, response.attempts, seconds, response.retries
         )
 
     def _classify(
@@ -690,7 +748,7 @@ def _write_atomically(table: pa.Table, path: Path) -> None:
 
     partial = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
-        pq.write_table(table, partial)
+        pq.write_table(table, partial, **_SLICE_PARQUET_OPTIONS)
         os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)
@@ -703,19 +761,46 @@ def _clear_extract(out_dir: Path) -> None:
             stale.unlink(missing_ok=True)
 
 
-def _fetch_slice(client: LogAnalyticsClient, window: Window, out_dir: Path) -> _Leaf:
-    started = time.perf_counter()
-    try:
-        answer = client.query_window(window)
-    except IncompleteResultError as exc:
-        seconds = time.perf_counter() - started
-        return _Leaf(window, exc.rows, exc.bytes, exc.attempts, seconds, exc.retries, None, exc)
+@dataclass
+class _Gates:
+    """Who may query and who may parse: `queries` slots for each, taken in that order.
 
-    path = None
-    if answer.table.num_rows:
-        path = out_dir / _slice_file_name(window)
-        _write_atomically(answer.table, path)
-    seconds = time.perf_counter() - started
+    A slice's thread leaves its query slot once the body is read, so the next slice downloads
+    while this one is parsed and written; at most 2 x `queries` bodies are held at once.
+    """
+
+    queries: int
+    sending: threading.Semaphore = field(init=False)
+    parsing: threading.Semaphore = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.sending = threading.Semaphore(self.queries)
+        self.parsing = threading.Semaphore(self.queries)
+
+    @property
+    def threads(self) -> int:
+        return 2 * self.queries
+
+
+def _fetch_slice(client: LogAnalyticsClient, window: Window, out_dir: Path, gates: _Gates) -> _Leaf:
+    # A slice's seconds are its own work: time spent waiting for a slot is left out.
+    with gates.sending:
+        started = time.perf_counter()
+        response = client._send(build_query(window), window)
+    queued = time.perf_counter()
+    with gates.parsing:
+        waited = time.perf_counter() - queued
+        try:
+            answer = client._answer(response, window)
+        except IncompleteResultError as exc:
+            seconds = time.perf_counter() - started - waited
+            return _Leaf(window, exc.rows, exc.bytes, exc.attempts, seconds, exc.retries, None, exc)
+
+        path = None
+        if answer.table.num_rows:
+            path = out_dir / _slice_file_name(window)
+            _write_atomically(answer.table, path)
+    seconds = time.perf_counter() - started - waited
     rows = answer.table.num_rows
     return _Leaf(window, rows, answer.bytes, answer.attempts, seconds, answer.retries, path)
 
@@ -759,9 +844,10 @@ def extract_window(
         out_dir,
     )
 
-    with ThreadPoolExecutor(settings.max_parallel_slices, "spamgeo-extract") as pool:
+    gates = _Gates(settings.max_parallel_slices)
+    with ThreadPoolExecutor(gates.threads, "spamgeo-extract") as pool:
         pending: dict[Future[_Leaf], Window] = {
-            pool.submit(_fetch_slice, client, root, out_dir): root for root in reports
+            pool.submit(_fetch_slice, client, root, out_dir, gates): root for root in reports
         }
         try:
             while pending:
@@ -788,7 +874,7 @@ def extract_window(
                         leaf.seconds,
                     )
                     for half in leaf.window.halves():
-                        pending[pool.submit(_fetch_slice, client, half, out_dir)] = root
+                        pending[pool.submit(_fetch_slice, client, half, out_dir, gates)] = root
         except BaseException:
             for future in pending:
                 future.cancel()

@@ -527,3 +527,68 @@ def test_ninety_days_under_a_small_row_limit_and_throttling(tmp_path: Path) -> N
     assert len(result.slices) == 6
     assert all(report.splits >= 3 for report in result.slices)
     assert_same_rows(read_extract(tmp_path), expected)
+
+
+# --- speed without changing the answer ---------------------------------------------------------
+
+
+def test_the_next_slice_downloads_while_one_is_parsed_but_queries_stay_within_the_limit(
+    client: LogAnalyticsClient, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    lock = threading.Lock()
+    sending = {"now": 0, "most": 0, "started": 0}
+    second_send_started = threading.Event()
+    overlapped: list[bool] = []
+    send, answer = client._send, client._answer
+
+    def counted_send(query: str, window: Window) -> object:
+        with lock:
+            sending["now"] += 1
+            sending["started"] += 1
+            sending["most"] = max(sending["most"], sending["now"])
+            if sending["started"] >= 2:
+                second_send_started.set()
+        try:
+            return send(query, window)
+        finally:
+            with lock:
+                sending["now"] -= 1
+
+    def slow_first_answer(response: object, window: Window) -> object:
+        if not overlapped:
+            overlapped.append(second_send_started.wait(timeout=10))
+        return answer(response, window)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(client, "_send", counted_send)
+    monkeypatch.setattr(client, "_answer", slow_first_answer)
+
+    extract_window(client, DAYS, tmp_path, max_parallel_slices=1)
+
+    assert overlapped == [True], "the second slice did not download while the first was parsed"
+    assert sending["most"] == 1
+    assert_same_rows(read_extract(tmp_path), expected_spam_rows(EVENTS, DAYS))
+
+
+def test_parse_answer_falls_back_to_python_when_the_rows_cannot_be_spooled(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import spamgeo.extract
+
+    def unwritable(*args: object, **kwargs: object) -> object:
+        raise OSError("No space left on device")
+
+    events = generate_email_events(50, Window.for_days(date(2026, 11, 1)), seed=2)
+    columns = [{"name": name, "type": kind} for name, kind in RAW_COLUMNS.items()]
+    cells = events.select(list(RAW_COLUMNS)).to_pylist()
+    rows = [
+        [value.isoformat() if isinstance(value, datetime) else value for value in row.values()]
+        for row in cells
+    ]
+    body = json.dumps({"tables": [{"name": "T", "columns": columns, "rows": rows}]}).encode()
+    spooled = parse_answer(body)
+
+    monkeypatch.setattr(spamgeo.extract.tempfile, "NamedTemporaryFile", unwritable)
+    in_python = parse_answer(body)
+
+    assert in_python.num_rows == 50
+    assert in_python.equals(spooled)
