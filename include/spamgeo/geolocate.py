@@ -35,7 +35,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from spamgeo.schema import DAILY_COLUMNS
+from spamgeo.schema import DAILY_COLUMNS, DAILY_TYPES, LOCATION_COLUMNS
 
 log = logging.getLogger(__name__)
 
@@ -49,18 +49,7 @@ _DEFAULT_DB_PACKAGE = "_geoip_geolite2"
 _DEFAULT_DB_FILE = "GeoLite2-City.mmdb"
 
 GEO_SCHEMA = pa.schema(
-    [
-        pa.field("AddressClass", pa.string()),
-        pa.field("CountryIsoCode", pa.string()),
-        pa.field("Country", pa.string()),
-        pa.field("Subdivision", pa.string()),
-        pa.field("City", pa.string()),
-        pa.field("Latitude", pa.float64()),
-        pa.field("Longitude", pa.float64()),
-        pa.field("AccuracyRadiusKm", pa.int64()),
-        pa.field("ASN", pa.int64()),
-        pa.field("ASOrganization", pa.string()),
-    ]
+    [(name, DAILY_TYPES[name]) for name in ["Latitude", "Longitude", *LOCATION_COLUMNS]]
 )
 
 

@@ -32,7 +32,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from spamgeo import __version__
-from spamgeo.schema import DAILY_COLUMNS, SEED_COLUMNS
+from spamgeo.schema import DAILY_COLUMNS, DAILY_TYPES, LOCATION_COLUMNS, SEED_COLUMNS
 from spamgeo.window import Window
 
 if TYPE_CHECKING:
@@ -48,38 +48,9 @@ MANIFEST_KIND_ROLLUP = "spamgeo.rollup"
 # Keys publish_day computes itself; a caller's manifest must not set them.
 RESERVED_MANIFEST_KEYS = frozenset({"kind", "day", "files", "published"})
 
-DAILY_TYPES: dict[str, pa.DataType] = {
-    "SenderIPv6": pa.string(),
-    "SenderIPv4": pa.string(),
-    "Latitude": pa.float64(),
-    "Longitude": pa.float64(),
-    "count_": pa.int64(),
-    "Date": pa.date32(),
-    "DistinctMessages": pa.int64(),
-    "DistinctMessageRecipients": pa.int64(),
-    "IPVersion": pa.int64(),
-    "AddressClass": pa.string(),
-    "CountryIsoCode": pa.string(),
-    "Country": pa.string(),
-    "Subdivision": pa.string(),
-    "City": pa.string(),
-    "AccuracyRadiusKm": pa.int64(),
-    "ASN": pa.int64(),
-    "ASOrganization": pa.string(),
-}
 ADDRESS_KEYS = ["SenderIPv6", "SenderIPv4"]
 # Geolocation columns the rollup takes from the latest day an address was seen.
-LATEST_GEO_COLUMNS = [
-    "IPVersion",
-    "AddressClass",
-    "CountryIsoCode",
-    "Country",
-    "Subdivision",
-    "City",
-    "AccuracyRadiusKm",
-    "ASN",
-    "ASOrganization",
-]
+LATEST_GEO_COLUMNS = ["IPVersion", *LOCATION_COLUMNS]
 SUMMED_COLUMNS = ["count_", "DistinctMessages", "DistinctMessageRecipients"]
 ROLLUP_COLUMNS: list[str] = [
     *SEED_COLUMNS,

@@ -6,6 +6,8 @@ starts with the seed hunting query's columns so existing Power BI reports keep w
 
 from __future__ import annotations
 
+import pyarrow as pa
+
 EMAIL_EVENTS_TABLE = "EmailEvents"
 
 # Column name -> Log Analytics column type, in the order the extraction query projects them.
@@ -22,12 +24,8 @@ RAW_COLUMNS: dict[str, str] = {
 # The seed query's output columns, first in every published file and in this order.
 SEED_COLUMNS: list[str] = ["SenderIPv6", "SenderIPv4", "Latitude", "Longitude", "count_"]
 
-# Everything the daily partition holds after the seed columns, in this order.
-DAILY_EXTRA_COLUMNS: list[str] = [
-    "Date",
-    "DistinctMessages",
-    "DistinctMessageRecipients",
-    "IPVersion",
+# What geolocation tells about an address besides Latitude and Longitude, in published order.
+LOCATION_COLUMNS: list[str] = [
     "AddressClass",
     "CountryIsoCode",
     "Country",
@@ -38,4 +36,34 @@ DAILY_EXTRA_COLUMNS: list[str] = [
     "ASOrganization",
 ]
 
+# Everything the daily partition holds after the seed columns, in this order.
+DAILY_EXTRA_COLUMNS: list[str] = [
+    "Date",
+    "DistinctMessages",
+    "DistinctMessageRecipients",
+    "IPVersion",
+    *LOCATION_COLUMNS,
+]
+
 DAILY_COLUMNS: list[str] = SEED_COLUMNS + DAILY_EXTRA_COLUMNS
+
+# The Arrow type of every daily column: numbers stay numbers, so Power BI needs no conversion.
+DAILY_TYPES: dict[str, pa.DataType] = {
+    "SenderIPv6": pa.string(),
+    "SenderIPv4": pa.string(),
+    "Latitude": pa.float64(),
+    "Longitude": pa.float64(),
+    "count_": pa.int64(),
+    "Date": pa.date32(),
+    "DistinctMessages": pa.int64(),
+    "DistinctMessageRecipients": pa.int64(),
+    "IPVersion": pa.int64(),
+    "AddressClass": pa.string(),
+    "CountryIsoCode": pa.string(),
+    "Country": pa.string(),
+    "Subdivision": pa.string(),
+    "City": pa.string(),
+    "AccuracyRadiusKm": pa.int64(),
+    "ASN": pa.int64(),
+    "ASOrganization": pa.string(),
+}
