@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import random
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -194,6 +196,94 @@ def test_invalid_sender_ipv6_is_quarantined(address):
     assert result.quarantine["NetworkMessageId"].to_pylist() == ["bad"]
     assert result.quarantine[QUARANTINE_REASON].to_pylist() == ["raw_sender_ipv6"]
     assert not check(result.report, "raw_sender_ipv6").success
+
+
+def ipv6_like(rng: random.Random) -> str:
+    """A string near the IPv6 grammar: right, slightly wrong, or with an IPv4 or zone suffix."""
+    hextets = [
+        "".join(
+            rng.choice("0123456789abcdefABCDEFg") for _ in range(rng.choice([0, 1, 2, 4, 4, 5]))
+        )
+        for _ in range(rng.randint(1, 9))
+    ]
+    text = rng.choice([":", ":", ":", "::", ":::"]).join(hextets)
+    if rng.random() < 0.3:
+        text = rng.choice(["::", ":", ""]) + text
+    if rng.random() < 0.3:
+        text += rng.choice(["::", ":", ""])
+    if rng.random() < 0.1:
+        text += rng.choice([":1.2.3.4", ":01.2.3.4", ":300.2.3.4", "%eth0", " "])
+    return text
+
+
+def test_sender_ipv6_is_judged_exactly_as_the_ipaddress_module_does():
+    rng = random.Random(7)
+    addresses = sorted({ipv6_like(rng) for _ in range(3000)} - {""})
+    addresses += ["::", "::1", "1::", "1:2:3:4:5:6:7::", "::1:2:3:4:5:6:7", "1:2:3:4:5:6:7:8"]
+    addresses += ["1::2::3", "1:2:3:4:5:6:7:8:9", "1:2:3:4::5:6:7:8", "12345::", ":1::", "1:::"]
+    rows = [
+        event(NetworkMessageId=f"m{i}", SenderIPv4="", SenderIPv6=address)
+        for i, address in enumerate(addresses)
+    ]
+
+    def is_valid(address: str) -> bool:
+        try:
+            return "%" not in address and bool(ipaddress.IPv6Address(address))
+        except ValueError:
+            return False
+
+    lenient = QualityConfig.from_mapping({"max_quarantine_share": 1.0})
+    result = validate_raw(raw_table(rows), WINDOW, config=lenient)
+
+    assert sorted(result.clean["SenderIPv6"].to_pylist()) == sorted(filter(is_valid, addresses))
+    invalid = [a for a in addresses if not is_valid(a)]
+    assert sorted(result.quarantine["SenderIPv6"].to_pylist()) == sorted(invalid)
+    assert len(invalid) > 100 and len(addresses) - len(invalid) > 100
+
+
+def test_extract_in_several_chunks_splits_as_in_one():
+    rows = [event(NetworkMessageId=f"m{i}") for i in range(12)]
+    rows[1]["SenderIPv4"] = "1.2.3"
+    rows[5]["ThreatTypes"] = None
+    rows[5]["SenderIPv6"] = "2001:db8:::1"
+    rows[10]["TimeGenerated"] = WINDOW.end
+    one_chunk = raw_table(rows)
+    chunked = pa.Table.from_batches(
+        [one_chunk.slice(0, 3).to_batches()[0], *one_chunk.slice(3).to_batches(max_chunksize=4)]
+    )
+
+    result = validate_raw(chunked, WINDOW)
+
+    assert result.quarantine.to_pylist() == validate_raw(one_chunk, WINDOW).quarantine.to_pylist()
+    assert result.quarantine[QUARANTINE_REASON].to_pylist() == [
+        "raw_sender_ipv4",
+        "raw_sender_ipv6; raw_spam_term",
+        "raw_time_window",
+    ]
+    assert_split_is_complete(chunked, result)
+
+
+def test_clean_extract_is_passed_on_without_a_copy():
+    raw = raw_table([event(NetworkMessageId="a"), event(NetworkMessageId="b")])
+
+    result = validate_raw(raw, WINDOW)
+
+    assert result.clean is raw
+    assert result.quarantine.schema == raw.schema.append(pa.field(QUARANTINE_REASON, pa.string()))
+
+
+def test_gx_loads_and_fingerprints_the_frame_once(monkeypatch):
+    from great_expectations.execution_engine import pandas_execution_engine as engine
+
+    fingerprints = []
+    original = engine.hash_pandas_dataframe
+    monkeypatch.setattr(
+        engine, "hash_pandas_dataframe", lambda df: fingerprints.append(len(df)) or original(df)
+    )
+
+    validate_raw(raw_table([event(NetworkMessageId=f"m{i}") for i in range(3)]), WINDOW)
+
+    assert fingerprints == [3]
 
 
 @pytest.mark.parametrize(
