@@ -22,15 +22,20 @@ split across two spellings. Rows whose address does not parse are left out and r
 
 from __future__ import annotations
 
+import concurrent.futures
 import ipaddress
 import logging
 import socket
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, NamedTuple
 
 import pyarrow as pa
 import pyarrow.compute as pc
+
+if TYPE_CHECKING:
+    import numpy as np
 
 log = logging.getLogger(__name__)
 
@@ -104,35 +109,24 @@ def count_spam(raw: pa.Table) -> SpamCounts:
     `raw` has the extract's columns (schema.RAW_COLUMNS) and holds spam rows only. See the module
     docstring for what each count means.
     """
-    import duckdb
-
     started = time.perf_counter()
-    addresses: dict[str, int] = {}
     invalid_texts: set[str] = set()
-    v4_ids = _address_ids(raw.column("SenderIPv4"), addresses, invalid_texts)
-    v6_ids = _address_ids(raw.column("SenderIPv6"), addresses, invalid_texts)
+    # Arrow's and numpy's kernels run without the GIL, so a second thread takes the encoding of
+    # the message and recipient ids while this one normalises addresses (Python), and then the
+    # ranking of the addresses while this one counts.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        pending_messages = pool.submit(_dense_ids, raw.column("NetworkMessageId"))
+        pending_recipients = pool.submit(_dense_ids, raw.column("RecipientEmailAddress"))
+        dates = _dense_ids(_utc_dates(raw.column("TimeGenerated")))
+        addresses = _address_ids(raw.column("SenderIPv4"), raw.column("SenderIPv6"), invalid_texts)
+        pending_order = pool.submit(_address_order, addresses.values)
+        counts = _count_sightings(
+            dates, addresses, pending_messages.result(), pending_recipients.result()
+        )
+        by_ip = _with_address_columns(
+            counts, dates.values, addresses.values, pending_order.result()
+        )
 
-    # DuckDB groups on plain dates, so hand it the UTC wall-clock time without the zone.
-    generated = raw.column("TimeGenerated")
-    if pa.types.is_timestamp(generated.type) and generated.type.tz is not None:
-        generated = generated.cast(pa.timestamp(generated.type.unit))
-    events = pa.table(
-        {
-            "Date": generated.cast(pa.date32()),
-            "NetworkMessageId": raw.column("NetworkMessageId"),
-            "RecipientEmailAddress": raw.column("RecipientEmailAddress"),
-            "v4_address_id": v4_ids,
-            "v6_address_id": v6_ids,
-        }
-    )
-    con = duckdb.connect()
-    try:
-        con.register("events", events)
-        grouped = con.sql(_COUNT_SQL).to_arrow_table()
-    finally:
-        con.close()
-
-    by_ip = _with_address_columns(grouped, list(addresses))
     rejected, rejected_sightings = _rejected_rows(raw, invalid_texts)
     if rejected_sightings:
         log.warning(
@@ -145,7 +139,7 @@ def count_spam(raw: pa.Table) -> SpamCounts:
         "Counted %d spam rows into %d address-days (%d distinct addresses) in %.3f s",
         raw.num_rows,
         by_ip.num_rows,
-        len(addresses),
+        len(addresses.values),
         time.perf_counter() - started,
     )
     return SpamCounts(by_ip=by_ip, rejected=rejected, rejected_sightings=rejected_sightings)
@@ -159,90 +153,238 @@ def spam_counts_by_ip(raw: pa.Table) -> pa.Table:
     return count_spam(raw).by_ip
 
 
-# Each `sightings` branch mirrors one `let` of the seed query. Grouping first per recipient and
-# then per message yields the row count and both distinct counts without COUNT(DISTINCT), which
-# DuckDB computes much more slowly over long string keys.
-_COUNT_SQL = """
-WITH sightings AS (
-    SELECT Date, v4_address_id AS address_id, NetworkMessageId, RecipientEmailAddress
-    FROM events WHERE v4_address_id IS NOT NULL
-    UNION ALL
-    SELECT Date, v6_address_id AS address_id, NetworkMessageId, RecipientEmailAddress
-    FROM events WHERE v6_address_id IS NOT NULL
-),
-per_recipient AS (
-    SELECT Date, address_id, NetworkMessageId, count(*) AS event_rows
-    FROM sightings
-    GROUP BY Date, address_id, NetworkMessageId, RecipientEmailAddress
-),
-per_message AS (
-    SELECT Date, address_id, sum(event_rows) AS event_rows, count(*) AS recipients
-    FROM per_recipient
-    GROUP BY Date, address_id, NetworkMessageId
-)
-SELECT
-    Date,
-    address_id,
-    CAST(sum(event_rows) AS BIGINT) AS count_,
-    CAST(count(*) AS BIGINT) AS DistinctMessages,
-    CAST(sum(recipients) AS BIGINT) AS DistinctMessageRecipients
-FROM per_message
-GROUP BY Date, address_id
-"""
+class _DenseIds(NamedTuple):
+    """Per row, the index of the row's value in `values`, which holds each value once."""
+
+    ids: np.ndarray
+    values: pa.Array
+
+
+def _dense_ids(column: pa.ChunkedArray) -> _DenseIds:
+    """Integer ids for a column's values; null is a value of its own, as in a GROUP BY."""
+    import numpy as np
+
+    # Encoding the chunks as they are avoids copying the strings; the encoded chunks all share
+    # the final dictionary, so their indices are ids into it. The system allocator because the
+    # default one (mimalloc) hands out fresh large segments whose first touch costs more in
+    # kernel time than the hashing itself on the benchmark's virtual machines.
+    encoded = pc.dictionary_encode(
+        column, null_encoding="encode", memory_pool=pa.system_memory_pool()
+    )
+    if not encoded.num_chunks:
+        return _DenseIds(np.empty(0, np.int32), pa.array([], column.type))
+    indices = [chunk.indices.to_numpy() for chunk in encoded.chunks]
+    ids = np.concatenate(indices, dtype=np.int64)
+    return _DenseIds(ids, encoded.chunk(0).dictionary)
+
+
+def _utc_dates(generated: pa.ChunkedArray) -> pa.ChunkedArray:
+    """The UTC calendar date of each timestamp."""
+    # Casting a zoned timestamp to a date would go through the zone's local time.
+    if pa.types.is_timestamp(generated.type) and generated.type.tz is not None:
+        generated = generated.cast(pa.timestamp(generated.type.unit))
+    return generated.cast(pa.date32())
+
+
+class _AddressIds(NamedTuple):
+    """Per row, the index in `values` of its IPv4 and of its IPv6 address, -1 for none."""
+
+    values: pa.Array
+    v4: np.ndarray
+    v6: np.ndarray
 
 
 def _address_ids(
-    column: pa.ChunkedArray, addresses: dict[str, int], invalid_texts: set[str]
-) -> pa.Array:
-    """Per row, the id of the row's canonical address in `addresses`; null when empty or invalid.
+    v4_column: pa.ChunkedArray, v6_column: pa.ChunkedArray, invalid_texts: set[str]
+) -> _AddressIds:
+    """The distinct canonical addresses, and per row the index of its IPv4 and IPv6 address.
 
-    Only the column's distinct values are normalised; new addresses are added to `addresses`
-    and unparsable texts to `invalid_texts`.
+    An index is -1 where the column is empty, null or does not parse; unparsable texts are added
+    to `invalid_texts`. Only distinct texts are normalised, and both columns share one list of
+    addresses, so an IPv4-mapped IPv6 address gets the index of its IPv4 form.
     """
-    encoded = pc.dictionary_encode(column.combine_chunks())
-    if isinstance(encoded, pa.ChunkedArray):
-        encoded = encoded.combine_chunks()
-    ids_of_texts: list[int | None] = []
-    for text in encoded.dictionary.to_pylist():
-        if not text:
-            ids_of_texts.append(None)
-            continue
-        address = normalise_address(text)
-        if address is None:
+    v4 = _dense_ids(v4_column)
+    v6 = _dense_ids(v6_column)
+    canonical = pa.concat_arrays(
+        [_canonical_texts(v4.values, invalid_texts), _canonical_texts(v6.values, invalid_texts)]
+    )
+    addresses = pc.dictionary_encode(canonical)
+    ids_of_texts = addresses.indices.fill_null(-1).to_numpy().astype("int64")
+    return _AddressIds(
+        addresses.dictionary,
+        ids_of_texts[: len(v4.values)][v4.ids],
+        ids_of_texts[len(v4.values) :][v6.ids],
+    )
+
+
+def _canonical_texts(texts: pa.Array, invalid_texts: set[str]) -> pa.Array:
+    """normalise_address of each text, null for empty texts and for those that do not parse."""
+    # Nearly every IPv4 address arrives already canonical: those skip the per-value Python call.
+    to_normalise = pc.invert(pc.match_substring_regex(texts, _CANONICAL_IPV4)).fill_null(False)
+    normalised: list[str | None] = []
+    for text in texts.filter(to_normalise).to_pylist():
+        address = normalise_address(text) if text else None
+        if address is None and text:
             invalid_texts.add(text)
-            ids_of_texts.append(None)
-            continue
-        ids_of_texts.append(addresses.setdefault(address, len(addresses)))
-    return pc.take(pa.array(ids_of_texts, pa.int32()), encoded.indices)
+        normalised.append(address)
+    return pc.replace_with_mask(texts, to_normalise, pa.array(normalised, pa.string()))
 
 
-def _with_address_columns(grouped: pa.Table, addresses: list[str]) -> pa.Table:
-    """Turn address ids back into SenderIPv6/SenderIPv4/IPVersion and sort deterministically."""
-    versions = pa.array([6 if ":" in address else 4 for address in addresses], pa.int64())
-    texts = pa.array(addresses, pa.string())
-    address_ids = grouped.column("address_id")
-    address = pc.take(texts, address_ids)
-    version = pc.take(versions, address_ids)
+_OCTET = "(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_CANONICAL_IPV4 = rf"^{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}$"
+
+
+class _Counts(NamedTuple):
+    """The three counts per (date id, address id), one entry per address-day."""
+
+    date_ids: np.ndarray
+    address_ids: np.ndarray
+    rows: np.ndarray
+    messages: np.ndarray
+    message_recipients: np.ndarray
+
+
+def _count_sightings(
+    dates: _DenseIds,
+    addresses: _AddressIds,
+    messages: _DenseIds,
+    recipients: _DenseIds,
+) -> _Counts:
+    """Count rows, distinct messages and distinct (message, recipient) pairs per address-day.
+
+    A sighting is a row seen from one of its addresses: like the seed query's two branches, a
+    row with both a valid IPv4 and a valid IPv6 address is seen twice. Sorting the sightings by
+    (address, date, message, recipient) puts each address-day, each message within it and each
+    recipient within that in one run, so every count is a count of runs.
+    """
+    import numpy as np
+
+    rows, address = _sightings(addresses)
+    if not len(address):
+        empty = np.empty(0, np.int64)
+        return _Counts(empty, empty, empty, empty, empty)
+
+    date_count = len(dates.values)
+    message_count = len(messages.values)
+    recipient_count = len(recipients.values)
+    per_address = date_count * message_count * recipient_count
+    if len(addresses.values) * per_address <= _KEY_LIMIT:
+        # One int64 key per sighting: a single sort, and each level's key is a division away.
+        # The arithmetic is in place because fresh memory (page faults) costs as much as the sort.
+        sightings = address.astype(np.int64)
+        for ids, count in ((dates, date_count), (messages, message_count)):
+            sightings *= count
+            sightings += ids.ids[rows]
+        sightings *= recipient_count
+        sightings += recipients.ids[rows]
+        sightings.sort()
+        new_recipient = _changes(sightings)
+        prefix = np.floor_divide(sightings, recipient_count)
+        new_message = _changes(prefix)
+        address_day = np.floor_divide(sightings, message_count * recipient_count, out=prefix)
+        new_address_day = _changes(address_day)
+    else:
+        date, message, recipient = dates.ids[rows], messages.ids[rows], recipients.ids[rows]
+        order = np.lexsort((recipient, message, date, address))
+        address_day = address[order].astype(np.int64) * date_count + date[order]
+        new_address_day = _changes(address_day)
+        new_message = new_address_day | _changes(message[order])
+        new_recipient = new_message | _changes(recipient[order])
+
+    starts = np.flatnonzero(new_address_day)
+    first_of_run = address_day[starts]
+    return _Counts(
+        date_ids=first_of_run % date_count,
+        address_ids=first_of_run // date_count,
+        rows=np.diff(np.append(starts, len(address))),
+        messages=np.add.reduceat(new_message, starts, dtype=np.int64),
+        message_recipients=np.add.reduceat(new_recipient, starts, dtype=np.int64),
+    )
+
+
+def _sightings(addresses: _AddressIds) -> tuple[slice | np.ndarray, np.ndarray]:
+    """The row of each sighting and its address id: a row is seen once from each valid address.
+
+    The rows are a plain slice in the usual case, every row having exactly one valid address.
+    """
+    import numpy as np
+
+    in_v4 = addresses.v4 >= 0
+    in_v6 = addresses.v6 >= 0
+    address = np.where(in_v4, addresses.v4, addresses.v6)
+    seen = np.flatnonzero(in_v4 | in_v6)
+    seen_twice = np.flatnonzero(in_v4 & in_v6)
+    if len(seen) == len(address) and not len(seen_twice):
+        return slice(None), address
+    rows = np.concatenate([seen, seen_twice])
+    return rows, np.concatenate([address[seen], addresses.v6[seen_twice]])
+
+
+# Sighting keys are packed into int64; past this, the product of the id ranges would overflow.
+_KEY_LIMIT = 2**63 - 1
+
+
+def _changes(values: np.ndarray) -> np.ndarray:
+    """True where a value differs from the one before it, and for the first value."""
+    import numpy as np
+
+    changed = np.empty(len(values), dtype=bool)
+    changed[:1] = True
+    np.not_equal(values[1:], values[:-1], out=changed[1:])
+    return changed
+
+
+class _AddressOrder(NamedTuple):
+    """Per distinct address, its IPVersion and its place in ascending text order."""
+
+    versions: pa.Array
+    ranks: pa.Array
+
+
+def _address_order(addresses: pa.Array) -> _AddressOrder:
+    """Sort keys of the distinct addresses, so address-days sort on integers, not on text."""
+    versions = pc.if_else(pc.match_substring(addresses, ":"), 6, 4).cast(pa.int64())
+    return _AddressOrder(versions, pc.rank(addresses, sort_keys="ascending"))
+
+
+def _with_address_columns(
+    counts: _Counts, dates: pa.Array, addresses: pa.Array, order: _AddressOrder
+) -> pa.Table:
+    """Turn date and address ids back into Date, SenderIPv6/SenderIPv4/IPVersion, and sort."""
+    address_ids = pa.array(counts.address_ids)
+    sort_keys = pa.table(
+        {
+            "Date": dates.take(pa.array(counts.date_ids)),
+            "count_": pa.array(counts.rows, pa.int64()),
+            "IPVersion": order.versions.take(address_ids),
+            "address": order.ranks.take(address_ids),
+        }
+    )
+    sorted_rows = pc.sort_indices(
+        sort_keys,
+        sort_keys=[
+            ("Date", "ascending"),
+            ("count_", "descending"),
+            ("IPVersion", "ascending"),
+            ("address", "ascending"),
+        ],
+    )
+
+    address = addresses.take(address_ids.take(sorted_rows))
+    version = sort_keys.column("IPVersion").take(sorted_rows)
     is_v6 = pc.equal(version, 6)
     table = pa.table(
         {
             "SenderIPv6": pc.if_else(is_v6, address, ""),
             "SenderIPv4": pc.if_else(is_v6, "", address),
-            "count_": grouped.column("count_"),
-            "Date": grouped.column("Date"),
-            "DistinctMessages": grouped.column("DistinctMessages"),
-            "DistinctMessageRecipients": grouped.column("DistinctMessageRecipients"),
+            "count_": sort_keys.column("count_").take(sorted_rows),
+            "Date": sort_keys.column("Date").take(sorted_rows),
+            "DistinctMessages": pa.array(counts.messages, pa.int64()).take(sorted_rows),
+            "DistinctMessageRecipients": pa.array(counts.message_recipients, pa.int64()).take(
+                sorted_rows
+            ),
             "IPVersion": version,
-            "_address": address,
         }
-    )
-    table = table.sort_by(
-        [
-            ("Date", "ascending"),
-            ("count_", "descending"),
-            ("IPVersion", "ascending"),
-            ("_address", "ascending"),
-        ]
     )
     return table.select(COUNT_COLUMNS).cast(COUNT_SCHEMA)
 

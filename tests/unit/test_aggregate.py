@@ -10,6 +10,7 @@ import duckdb_kql
 import pyarrow as pa
 import pytest
 
+from spamgeo import aggregate
 from spamgeo.aggregate import COUNT_COLUMNS, count_spam, normalise_address, spam_counts_by_ip
 from spamgeo.schema import RAW_COLUMNS
 
@@ -239,3 +240,137 @@ def test_reruns_are_identical() -> None:
     shuffled = table.take(pa.array(rng.sample(range(table.num_rows), table.num_rows)))
     assert spam_counts_by_ip(shuffled).equals(first)
     assert sum(first.column("count_").to_pylist()) == table.num_rows
+
+
+# --- counting paths ------------------------------------------------------------------------------
+
+
+def random_rows(seed: int, n: int) -> list[tuple[datetime, str, str, str, str, str]]:
+    """Rows with repeated messages, recipients, both address columns and unparsable addresses."""
+    rng = random.Random(seed)
+    v4s = ["81.2.69.160", "216.160.83.56", " 89.160.20.112", "89.160.20.112", "1.2.3", ""]
+    v6s = ["2001:480:10::1", "2001:0480:0010::1", "::ffff:81.2.69.160", "zz::1", "", "", ""]
+    rows = []
+    for _ in range(n):
+        stamp = DAY_1 + timedelta(minutes=rng.randrange(4000))
+        message = f"m{rng.randrange(40)}"
+        recipient = f"r{rng.randrange(9)}@x"
+        rows.append((stamp, message, recipient, rng.choice(v4s), rng.choice(v6s), "Spam"))
+    return rows
+
+
+def test_counts_without_packed_keys_equal_counts_with_them(monkeypatch) -> None:
+    # Past the int64 key range the ids are sorted column by column instead of as one key.
+    table = raw_table(random_rows(11, 3000))
+    packed = count_spam(table)
+    monkeypatch.setattr(aggregate, "_KEY_LIMIT", 0)
+    unpacked = count_spam(table)
+
+    assert unpacked.by_ip.equals(packed.by_ip)
+    assert unpacked.rejected_sightings == packed.rejected_sightings
+    assert spam_counts_by_ip(raw_table(sample_rows(DAY_1, DAY_2))).to_pylist() == [
+        {
+            "SenderIPv6": "",
+            "SenderIPv4": "81.2.69.160",
+            "count_": 5,
+            "Date": date(2026, 3, 1),
+            "DistinctMessages": 2,
+            "DistinctMessageRecipients": 4,
+            "IPVersion": 4,
+        },
+        {
+            "SenderIPv6": "2001:480:10::1",
+            "SenderIPv4": "",
+            "count_": 3,
+            "Date": date(2026, 3, 1),
+            "DistinctMessages": 2,
+            "DistinctMessageRecipients": 2,
+            "IPVersion": 6,
+        },
+        {
+            "SenderIPv6": "",
+            "SenderIPv4": "216.160.83.56",
+            "count_": 1,
+            "Date": date(2026, 3, 1),
+            "DistinctMessages": 1,
+            "DistinctMessageRecipients": 1,
+            "IPVersion": 4,
+        },
+        {
+            "SenderIPv6": "",
+            "SenderIPv4": "81.2.69.160",
+            "count_": 2,
+            "Date": date(2026, 3, 2),
+            "DistinctMessages": 1,
+            "DistinctMessageRecipients": 2,
+            "IPVersion": 4,
+        },
+    ]
+
+
+def test_counts_do_not_depend_on_how_the_extract_is_chunked() -> None:
+    table = raw_table(random_rows(5, 2000))
+    chunked = pa.Table.from_batches(table.to_batches(max_chunksize=170))
+    assert chunked.column("NetworkMessageId").num_chunks > 1
+
+    assert spam_counts_by_ip(chunked).equals(spam_counts_by_ip(table))
+    no_chunks = pa.Table.from_batches([], table.schema)
+    assert spam_counts_by_ip(no_chunks).num_rows == 0
+
+
+def test_null_ids_count_as_one_value_and_null_addresses_as_none() -> None:
+    table = raw_table(
+        [
+            (DAY_1, "m1", "a@x", "81.2.69.160", "", "Spam"),
+            (DAY_1, "m1", "b@x", "81.2.69.160", "", "Spam"),
+            (DAY_1, "m2", "a@x", "81.2.69.160", "", "Spam"),
+            (DAY_1, "m3", "a@x", "81.2.69.160", "", "Spam"),
+            (DAY_1, "m4", "a@x", "81.2.69.160", "", "Spam"),
+        ]
+    )
+    table = table.set_column(2, "NetworkMessageId", pa.array(["m1", "m1", None, None, "m4"]))
+    table = table.set_column(3, "RecipientEmailAddress", pa.array(["a", None, "a", "a", None]))
+    table = table.set_column(5, "SenderIPv6", pa.array([None, None, None, None, "::1"]))
+    result = count_spam(table)
+
+    columns = [
+        "SenderIPv4",
+        "SenderIPv6",
+        "count_",
+        "DistinctMessages",
+        "DistinctMessageRecipients",
+    ]
+    assert [tuple(r[c] for c in columns) for r in result.by_ip.to_pylist()] == [
+        ("81.2.69.160", "", 5, 3, 4),
+        ("", "::1", 1, 1, 1),
+    ]
+    assert result.rejected_sightings == 0
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "81.2.69.160",
+        "0.0.0.0",
+        "255.255.255.255",
+        "01.2.3.4",
+        "1.2.3.04",
+        "256.1.1.1",
+        " 1.2.3.4",
+        "1.2.3.4\n",
+        "1.2.3",
+        "1.2.3.4.5",
+        "1..2.3",
+        "\u0661.2.3.4",
+        "",
+        "::1",
+        "x",
+    ],
+    ids=repr,
+)
+def test_canonical_ipv4_shortcut_agrees_with_normalise_address(text: str) -> None:
+    invalid: set[str] = set()
+    canonical = aggregate._canonical_texts(pa.array([text]), invalid)
+
+    assert canonical.to_pylist() == [normalise_address(text)]
+    assert invalid == ({text} if text and normalise_address(text) is None else set())
