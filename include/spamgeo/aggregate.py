@@ -112,20 +112,16 @@ def count_spam(raw: pa.Table) -> SpamCounts:
     started = time.perf_counter()
     invalid_texts: set[str] = set()
     # Arrow's and numpy's kernels run without the GIL, so a second thread takes the encoding of
-    # the message and recipient ids while this one normalises addresses (Python), and then the
-    # ranking of the addresses while this one counts.
+    # the message ids, by far the costliest (one hash entry per message), while this one does
+    # everything else that does not need them: the two sides then take about as long.
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
         pending_messages = pool.submit(_dense_ids, raw.column("NetworkMessageId"))
-        pending_recipients = pool.submit(_dense_ids, raw.column("RecipientEmailAddress"))
+        recipients = _dense_ids(raw.column("RecipientEmailAddress"))
         dates = _dense_ids(_utc_dates(raw.column("TimeGenerated")))
         addresses = _address_ids(raw.column("SenderIPv4"), raw.column("SenderIPv6"), invalid_texts)
-        pending_order = pool.submit(_address_order, addresses.values)
-        counts = _count_sightings(
-            dates, addresses, pending_messages.result(), pending_recipients.result()
-        )
-        by_ip = _with_address_columns(
-            counts, dates.values, addresses.values, pending_order.result()
-        )
+        order = _address_order(addresses.values)
+        counts = _count_sightings(dates, addresses, pending_messages.result(), recipients)
+    by_ip = _with_address_columns(counts, dates.values, addresses.values, order)
 
     rejected, rejected_sightings = _rejected_rows(raw, invalid_texts)
     if rejected_sightings:
@@ -219,8 +215,12 @@ def _address_ids(
 
 def _canonical_texts(texts: pa.Array, invalid_texts: set[str]) -> pa.Array:
     """normalise_address of each text, null for empty texts and for those that do not parse."""
-    # Nearly every IPv4 address arrives already canonical: those skip the per-value Python call.
-    to_normalise = pc.invert(pc.match_substring_regex(texts, _CANONICAL_IPV4)).fill_null(False)
+    # Nearly every address arrives already canonical: those skip the per-value Python call.
+    canonical = pc.and_not(
+        pc.match_substring_regex(texts, _CANONICAL_SHAPES),
+        pc.match_substring_regex(texts, _ADJACENT_ZERO_HEXTETS),
+    )
+    to_normalise = pc.invert(canonical).fill_null(False)
     normalised: list[str | None] = []
     for text in texts.filter(to_normalise).to_pylist():
         address = normalise_address(text) if text else None
@@ -231,7 +231,22 @@ def _canonical_texts(texts: pa.Array, invalid_texts: set[str]) -> pa.Array:
 
 
 _OCTET = "(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
-_CANONICAL_IPV4 = rf"^{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}$"
+_CANONICAL_IPV4 = rf"{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}"
+# Two IPv6 spellings that are canonical as they stand (RFC 5952, which `ipaddress` follows):
+# all eight hextets in lower case without leading zeros, no two zero hextets side by side (those
+# must be compressed); or a non-zero first hextet, then only non-zero hextets around a "::" that
+# stands for at least two zero hextets (a lone zero hextet is never compressed). Neither spelling
+# can be IPv4-mapped or print as embedded IPv4, which both need leading zero hextets.
+_HEXTET = "[1-9a-f][0-9a-f]{0,3}"
+_FULL_IPV6 = rf"(0|{_HEXTET})(:(0|{_HEXTET})){{7}}"
+_COMPRESSED_IPV6 = "|".join(
+    rf"{_HEXTET}(:{_HEXTET}){{{left - 1}}}::"
+    + (rf"{_HEXTET}(:{_HEXTET}){{{right - 1}}}" if right else "")
+    for left in range(1, 7)
+    for right in range(0, 7 - left)
+)
+_CANONICAL_SHAPES = rf"^({_CANONICAL_IPV4}|{_FULL_IPV6}|{_COMPRESSED_IPV6})$"
+_ADJACENT_ZERO_HEXTETS = "(^|:)0:0(:|$)"
 
 
 class _Counts(NamedTuple):

@@ -374,3 +374,66 @@ def test_canonical_ipv4_shortcut_agrees_with_normalise_address(text: str) -> Non
 
     assert canonical.to_pylist() == [normalise_address(text)]
     assert invalid == ({text} if text and normalise_address(text) is None else set())
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "2001:db8:1:2:3:4:5:6",
+        "2001:db8:0:2:3:0:5:6",
+        "0:1:2:3:4:5:6:7",
+        "1:2:3:4:5:6:7:0",
+        "1:0:0:2:3:4:5:6",
+        "1:2:3:4:5:6:0:0",
+        "0:0:1:2:3:4:5:6",
+        "2001:db8::1",
+        "2001:db8::",
+        "1:2:3:4:5:6::",
+        "1:2:3:4:5:6:7::",
+        "1::2:3:4:5:6:7",
+        "1:2:3:4::5:6:7",
+        "1:0::2",
+        "1::0:2",
+        "::1",
+        "::",
+        "::ffff:1.2.3.4",
+        "::ffff:102:304",
+        "0:0:0:0:0:ffff:102:304",
+        "::102:304",
+        "2001:DB8::1",
+        "2001:0db8::1",
+        "12345::1",
+        "1:2:3:4:5:6:7:8:9",
+        "g::1",
+        " 2001:db8::1",
+    ],
+    ids=repr,
+)
+def test_canonical_ipv6_shortcut_agrees_with_normalise_address(text: str) -> None:
+    invalid: set[str] = set()
+    canonical = aggregate._canonical_texts(pa.array([text]), invalid)
+
+    assert canonical.to_pylist() == [normalise_address(text)]
+    assert invalid == ({text} if text and normalise_address(text) is None else set())
+
+
+def test_canonical_ipv6_shortcut_agrees_with_normalise_address_on_every_spelling() -> None:
+    rng = random.Random(5952)
+    texts: set[str] = set()
+    for _ in range(2_000):
+        hextets = [rng.choice([0, 0, 1, 0xFFFF, rng.randrange(16), rng.randrange(1 << 16)])]
+        hextets += [rng.choice([0, 0, 0, 1, 0xFFFF, rng.randrange(1 << 16)]) for _ in range(7)]
+        address = ipaddress.IPv6Address(b"".join(h.to_bytes(2, "big") for h in hextets))
+        texts |= {address.compressed, address.exploded, address.compressed.upper()}
+        # Every run of zero hextets, compressed or not, whatever its length.
+        for start in range(8):
+            for end in range(start + 1, 9):
+                if not any(hextets[start:end]):
+                    left = ":".join(f"{h:x}" for h in hextets[:start])
+                    right = ":".join(f"{h:x}" for h in hextets[end:])
+                    texts.add(f"{left}::{right}")
+    ordered = sorted(texts)
+
+    canonical = aggregate._canonical_texts(pa.array(ordered), set())
+
+    assert canonical.to_pylist() == [normalise_address(text) for text in ordered]
