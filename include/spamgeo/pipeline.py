@@ -134,9 +134,7 @@ def validate_step(
     checked = validate_raw(raw, window, trailing_rows=trailing_rows, config=quality_config)
     _write_table(checked.clean, folder.clean)
     _write_table(checked.quarantine, folder.quarantine)
-    folder.reports.mkdir(parents=True, exist_ok=True)
-    (folder.reports / "validation_raw.json").write_bytes(checked.report.to_json())
-    (folder.reports / "validation_raw.html").write_bytes(checked.report.to_html())
+    _write_reports(folder, "raw", checked.report)
 
     summary = {
         "rows_in": raw.num_rows,
@@ -174,8 +172,7 @@ def aggregate_step(
     report = validate_aggregate(
         daily, expected_total=expected_count_total(clean), config=quality_config
     )
-    (folder.reports / "validation_aggregate.json").write_bytes(report.to_json())
-    (folder.reports / "validation_aggregate.html").write_bytes(report.to_html())
+    _write_reports(folder, "aggregate", report)
     _write_table(daily, folder.daily)
 
     import pyarrow.compute as pc
@@ -195,21 +192,30 @@ def aggregate_step(
     return summary
 
 
-def _report_bytes(folder: RunFolder) -> dict[str, bytes]:
-    """The run's two validation reports merged into one JSON and one HTML page per day."""
-    parts = {}
+def _write_reports(folder: RunFolder, stage: str, report: Any) -> None:
+    """A stage's report as JSON and as a page (for the operator), and as a section to publish."""
+    folder.reports.mkdir(parents=True, exist_ok=True)
+    (folder.reports / f"validation_{stage}.json").write_bytes(report.to_json())
+    (folder.reports / f"validation_{stage}.html").write_bytes(report.to_html())
+    (folder.reports / f"validation_{stage}.section.html").write_bytes(report.to_html_section())
+
+
+def _report_bytes(folder: RunFolder, window: Window) -> dict[str, bytes]:
+    """The run's validation reports merged into one JSON document and one HTML page."""
+    from spamgeo.quality_report import render_page
+
+    parts, sections = {}, []
     for stage in ("raw", "aggregate"):
-        path = folder.reports / f"validation_{stage}.json"
-        if path.exists():
-            parts[stage] = json.loads(path.read_bytes())
-    html = b"".join(
-        (folder.reports / f"validation_{stage}.html").read_bytes()
-        for stage in ("raw", "aggregate")
-        if (folder.reports / f"validation_{stage}.html").exists()
-    )
+        data = folder.reports / f"validation_{stage}.json"
+        section = folder.reports / f"validation_{stage}.section.html"
+        if data.exists():
+            parts[stage] = json.loads(data.read_bytes())
+        if section.exists():
+            sections.append(section.read_text(encoding="utf-8"))
+    page = render_page(sections, title=f"spamgeo quality reports {window}")
     return {
         "validation.json": json.dumps(parts, indent=2, sort_keys=True).encode(),
-        "validation.html": html,
+        "validation.html": page.encode(),
     }
 
 
@@ -241,7 +247,7 @@ def publish_step(
     quarantine = pq.read_table(folder.quarantine)
     earlier = _read_summary(folder)
     rows_in_per_day = earlier.get("validate", {}).get("rows_in_per_day", {})
-    reports = _report_bytes(folder)
+    reports = _report_bytes(folder, window)
     quarantine_days = pc.cast(quarantine["TimeGenerated"], pa.timestamp("us", tz="UTC")).cast(
         pa.date32()
     )

@@ -318,6 +318,12 @@ class ValidationReport:
 
         return render_html(self).encode()
 
+    def to_html_section(self) -> bytes:
+        """The same report as a section, for a page that holds every stage of a run."""
+        from spamgeo.quality_report import render_section
+
+        return render_section(self).encode()
+
     def raise_for_errors(self) -> None:
         if not self.ok:
             raise QualityGateError(self)

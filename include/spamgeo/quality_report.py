@@ -6,6 +6,7 @@ Failed checks come first, each with what was observed, what was expected and wha
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from html import escape
 from typing import TYPE_CHECKING
 
@@ -52,6 +53,28 @@ def _value(value: object) -> str:
 
 def render_html(report: ValidationReport) -> str:
     """The report as a complete HTML document (no external assets)."""
+    return render_page([render_section(report)], title=_title(report))
+
+
+def render_page(sections: Sequence[str], *, title: str) -> str:
+    """One self-contained HTML document holding report sections, e.g. every stage of a run."""
+    return (
+        "<!DOCTYPE html>\n"
+        f'<html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>'
+        f"<style>{_STYLE}</style></head><body>"
+        f"{''.join(sections)}"
+        "</body></html>\n"
+    )
+
+
+def _title(report: ValidationReport) -> str:
+    return f"spamgeo quality report: {report.stage}" + (
+        f" {report.window}" if report.window else ""
+    )
+
+
+def render_section(report: ValidationReport) -> str:
+    """One report as a section of a page: verdict, checks with what to fix, counts, GX result."""
     from spamgeo.quality import REMEDIES
 
     order = {"error": 0, "warning": 1, "pass": 2, "skipped": 3, "off": 4}
@@ -78,20 +101,13 @@ def render_html(report: ValidationReport) -> str:
         f"<tr><th>{escape(key)}</th><td>{_value(value)}</td></tr>"
         for key, value in report.counts.items()
     )
-    title = f"spamgeo quality report: {report.stage}" + (
-        f" {report.window}" if report.window else ""
-    )
     gx_json = json.dumps(report.gx_result, indent=1, default=str) if report.gx_result else "none"
     return (
-        "<!DOCTYPE html>\n"
-        f'<html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>'
-        f"<style>{_STYLE}</style></head><body>"
-        f"<h1>{escape(title)}</h1>"
+        f"<section><h1>{escape(_title(report))}</h1>"
         f'<p class="verdict {"ok" if report.ok else "failed"}">{escape(verdict)}</p>'
         "<table><tr><th>status</th><th>check</th><th>severity</th><th>observed</th>"
         f"<th>expected</th><th>what to fix</th></tr>{''.join(rows)}</table>"
         f"<h2>Counts</h2><table>{counts}</table>"
         "<details><summary>Great Expectations validation result</summary>"
-        f"<pre>{escape(gx_json)}</pre></details>"
-        "</body></html>\n"
+        f"<pre>{escape(gx_json)}</pre></details></section>"
     )

@@ -152,6 +152,15 @@ def test_published_counts_equal_the_seed_query(dag, azurite, events) -> None:
     )
     assert manifest["rows_out"] == len(rows)
 
+    page = (
+        container_client(azurite)
+        .download_blob(f"{PREFIX}/daily/date={day.isoformat()}/validation.html")
+        .readall()
+        .decode()
+    )
+    assert page.count("<html") == 1, "one page, both stages"
+    assert "quality report: raw" in page and "quality report: aggregate" in page
+
     (event,) = asset_events_of(run)
     assert event["days"] == [day.isoformat()]
     assert event["rows_out"] == len(rows)
