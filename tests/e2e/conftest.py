@@ -29,11 +29,13 @@ def airflow_db() -> None:
         )
 
 
-def load_daily_dag(api, azurite, work_dir: Path, monkeypatch: pytest.MonkeyPatch):
+def load_daily_dag(
+    api, azurite, work_dir: Path, monkeypatch: pytest.MonkeyPatch, container: str = CONTAINER
+):
     """spamgeo_daily as the DAG processor sees it, configured for the given stand-ins."""
     from airflow.dag_processing.dagbag import DagBag
 
-    env = local_airflow_env(api, azurite, work_dir=work_dir, container=CONTAINER, prefix=PREFIX)
+    env = local_airflow_env(api, azurite, work_dir=work_dir, container=container, prefix=PREFIX)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     bag = DagBag(dag_folder=str(REPO / "dags"))
@@ -41,10 +43,10 @@ def load_daily_dag(api, azurite, work_dir: Path, monkeypatch: pytest.MonkeyPatch
     return bag.dags["spamgeo_daily"]
 
 
-def container_client(azurite):
+def container_client(azurite, container: str = CONTAINER):
     from azure.storage.blob import ContainerClient
 
-    return ContainerClient.from_connection_string(azurite.connection_string, CONTAINER)
+    return ContainerClient.from_connection_string(azurite.connection_string, container)
 
 
 def task_states(run) -> dict[str, str]:

@@ -24,7 +24,7 @@ from spamgeo.local.synthetic import generate_email_events
 from spamgeo.local.wiring import local_airflow_env
 from spamgeo.window import Window
 from tests.conftest import REPO
-from tests.e2e.conftest import PREFIX
+from tests.e2e.conftest import PREFIX, container_client
 
 pytestmark = pytest.mark.e2e
 
@@ -148,9 +148,7 @@ def test_backfill_publishes_each_requested_day_once(
 
     assert [state for _, state in runs] == ["success"] * 3, runs
     assert all(run_id.startswith("backfill__") for run_id, _ in runs)
-    from azure.storage.blob import ContainerClient
-
-    store = ContainerClient.from_connection_string(azurite.connection_string, CONTAINER)
+    store = container_client(azurite, CONTAINER)
     published = sorted(
         blob.name.split("/")[2]
         for blob in store.list_blobs(name_starts_with=f"{PREFIX}/daily/")
