@@ -36,6 +36,25 @@ def seed_counts(events: pa.Table, day: date) -> Counter:
     return counts
 
 
+def run_one_day(api: StandIn, tmp_path: Path) -> list[str]:
+    """`python -m spamgeo run` for DAY against the stand-in, publishing to a local folder."""
+    return [
+        "run",
+        "--start",
+        DAY.isoformat(),
+        "--endpoint",
+        api.url,
+        "--workspace-id",
+        api.workspace_id,
+        "--ca-bundle",
+        str(api.ca_path),
+        "--out",
+        str(tmp_path / "published"),
+        "--work-dir",
+        str(tmp_path / "work"),
+    ]
+
+
 def test_generate_writes_the_requested_rows(tmp_path: Path) -> None:
     out = tmp_path / "events.parquet"
     code = main(["generate", "--start", "2026-11-01", "--rows", "3000", "--out", str(out)])
@@ -53,23 +72,7 @@ def test_run_publishes_a_day_equal_to_the_seed_counts(
     with StandIn(events, state_dir=tmp_path / "standin") as api:
         monkeypatch.setenv("SPAMGEO_AUTH", "static_token")
         monkeypatch.setenv("SPAMGEO_TOKEN", api.token)
-        code = main(
-            [
-                "run",
-                "--start",
-                DAY.isoformat(),
-                "--endpoint",
-                api.url,
-                "--workspace-id",
-                api.workspace_id,
-                "--ca-bundle",
-                str(api.ca_path),
-                "--out",
-                str(tmp_path / "published"),
-                "--work-dir",
-                str(tmp_path / "work"),
-            ]
-        )
+        code = main(run_one_day(api, tmp_path))
 
     assert code == 0
     daily = tmp_path / "published" / "spamgeo" / "daily" / f"date={DAY}" / "spam_by_ip.csv"
@@ -107,23 +110,7 @@ def test_a_refused_token_ends_the_run_with_the_credentials_message(
         monkeypatch.setenv("SPAMGEO_AUTH", "static_token")
         monkeypatch.setenv("SPAMGEO_TOKEN", "not-the-token")
         with caplog.at_level(logging.ERROR):
-            code = main(
-                [
-                    "run",
-                    "--start",
-                    DAY.isoformat(),
-                    "--endpoint",
-                    api.url,
-                    "--workspace-id",
-                    api.workspace_id,
-                    "--ca-bundle",
-                    str(api.ca_path),
-                    "--out",
-                    str(tmp_path / "published"),
-                    "--work-dir",
-                    str(tmp_path / "work"),
-                ]
-            )
+            code = main(run_one_day(api, tmp_path))
     assert code == 1
     assert "run failed" in caplog.text and "not-the-token" not in caplog.text
     assert not (tmp_path / "published").exists() or not any((tmp_path / "published").rglob("*.csv"))
