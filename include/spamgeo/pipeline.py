@@ -101,20 +101,6 @@ def extract_step(client: Any, window: Window, folder: RunFolder) -> dict[str, An
     return summary
 
 
-def rows_per_day(table: pa.Table, window: Window) -> dict[str, int]:
-    """Raw row count of each UTC day of the window, zero-filled, keyed by ISO date."""
-    import pyarrow.compute as pc
-
-    counts = {day.isoformat(): 0 for day in window.days()}
-    if table.num_rows:
-        days = pc.cast(table["TimeGenerated"], pa.timestamp("us", tz="UTC")).cast(pa.date32())
-        for entry in pc.value_counts(days).to_pylist():
-            key = entry["values"].isoformat()
-            if key in counts:
-                counts[key] = entry["counts"]
-    return counts
-
-
 def validate_step(
     window: Window,
     folder: RunFolder,
@@ -128,7 +114,7 @@ def validate_step(
     operator can read why a run failed in its run folder.
     """
     from spamgeo.extract import read_extract
-    from spamgeo.quality import validate_raw
+    from spamgeo.quality import rows_per_day, validate_raw
 
     raw = read_extract(folder.raw)
     checked = validate_raw(raw, window, trailing_rows=trailing_rows, config=quality_config)
@@ -140,7 +126,9 @@ def validate_step(
         "rows_in": raw.num_rows,
         "rows_clean": checked.clean.num_rows,
         "rows_quarantined": checked.quarantine.num_rows,
-        "rows_in_per_day": rows_per_day(raw, window),
+        "rows_in_per_day": {
+            day.isoformat(): rows for day, rows in rows_per_day(raw, window).items()
+        },
         "quality": checked.report.summary(),
     }
     _update_summary(folder, "validate", summary)

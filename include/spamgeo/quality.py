@@ -724,6 +724,16 @@ def _examples(raw: pa.Table, column: str, mask: Any, limit: int = 5) -> list[Any
     return pc.unique(raw[column].filter(mask)).to_pylist()[:limit]
 
 
+def rows_per_day(raw: pa.Table, window: Window) -> dict[date, int]:
+    """Rows of each UTC day of the window, zero-filled; rows without a time or outside it skip."""
+    per_day = {day: 0 for day in window.days()}
+    days = pc.cast(raw["TimeGenerated"], pa.date32())
+    for item in pc.value_counts(days.drop_null()).to_pylist():
+        if item["values"] in per_day:
+            per_day[item["values"]] = item["counts"]
+    return per_day
+
+
 # --- check results --------------------------------------------------------------------------
 
 
@@ -835,12 +845,7 @@ def _volume_check(
     median = statistics.median(history)
     low = (1 - config.volume_tolerance) * median
     high = (1 + config.volume_tolerance) * median
-    days = pc.cast(raw["TimeGenerated"], pa.date32())
-    counted = pc.value_counts(days.drop_null())
-    per_day = {day: 0 for day in sorted(window_days)}
-    for item in counted.to_pylist():
-        if item["values"] in per_day:
-            per_day[item["values"]] = item["counts"]
+    per_day = rows_per_day(raw, window)
     outliers = {day: rows for day, rows in per_day.items() if not low <= rows <= high}
     detail = (
         ", ".join(f"{day}: {rows} rows" for day, rows in outliers.items())
