@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from spamgeo.window import Window, WindowError, parse_instant
+from spamgeo.window import Window, WindowError
 
 log = logging.getLogger("spamgeo")
 
@@ -44,9 +44,7 @@ def _window_from_args(args: argparse.Namespace) -> Window:
         if args.start is None:
             yesterday = datetime.now(UTC).date() - timedelta(days=1)
             return Window.for_days(yesterday)
-        first = parse_instant(args.start, setting="--start").date()
-        last = parse_instant(args.end, setting="--end").date() if args.end else first
-        return Window.for_days(first, last)
+        return Window.parse_days(args.start, args.end, settings=("--start", "--end"))
     except WindowError as exc:
         raise UsageError(str(exc)) from None
 

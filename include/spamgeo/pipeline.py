@@ -1,7 +1,7 @@
 """The pipeline's steps over one window, each reading and writing a run folder.
 
-The Airflow DAG calls one step per task and the command line calls `run_window`, so both run
-exactly the same code. Steps hand data to each other as Parquet files in the run folder and
+The Airflow DAG calls one step per task and the command line calls the same steps in order, so
+both run exactly the same code. Steps hand data to each other as Parquet files in the run folder and
 return small JSON-safe summaries, which become the tasks' XComs and the run's manifest.
 """
 
@@ -81,7 +81,7 @@ def _write_table(table: pa.Table, path: Path) -> None:
 
 def _update_summary(folder: RunFolder, step: str, summary: Mapping[str, Any]) -> None:
     """Keep every step's summary in the run folder, for the manifest and for a person reading it."""
-    current = json.loads(folder.summary.read_text()) if folder.summary.exists() else {}
+    current = _read_summary(folder)
     current[step] = summary
     folder.summary.write_text(json.dumps(current, indent=2, sort_keys=True, default=str))
 

@@ -63,6 +63,18 @@ class Window:
         return cls(start, end)
 
     @classmethod
+    def parse_days(
+        cls, first: str, last: str | None = None, *, settings: tuple[str, str] = ("start", "end")
+    ) -> Window:
+        """Whole UTC days from dates as a person types them; `last` is inclusive, default `first`.
+
+        `settings` name the two inputs in error messages, e.g. a command's options or params.
+        """
+        first_day = parse_instant(first, setting=settings[0]).date()
+        last_day = parse_instant(last, setting=settings[1]).date() if last else first_day
+        return cls.for_days(first_day, last_day)
+
+    @classmethod
     def parse(cls, start: str, end: str) -> Window:
         """A window from two ISO-8601 strings, as given on a command line or in params."""
         return cls(parse_instant(start, setting="start"), parse_instant(end, setting="end"))

@@ -33,15 +33,15 @@ def window_for_run(context: Any) -> dict[str, str]:
     A manual run with neither falls back to the UTC day before the run was triggered, so "Trigger
     DAG" with no input re-runs yesterday.
     """
-    from spamgeo.window import Window, WindowError, parse_instant
+    from spamgeo.window import Window, WindowError
 
     params = context.get("params") or {}
     start_day, end_day = params.get("start_day"), params.get("end_day")
     if start_day or end_day:
         try:
-            first = parse_instant(start_day or end_day, setting="start_day").date()
-            last = parse_instant(end_day or start_day, setting="end_day").date()
-            window = Window.for_days(first, last)
+            window = Window.parse_days(
+                start_day or end_day, end_day, settings=("start_day", "end_day")
+            )
         except WindowError as exc:
             raise ValueError(f"params: {exc}") from None
         source = "params"
