@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import random
+import uuid
 from datetime import UTC, date, datetime, timedelta
 
 import duckdb_kql
@@ -318,6 +319,80 @@ def test_counts_do_not_depend_on_how_the_extract_is_chunked() -> None:
     assert spam_counts_by_ip(no_chunks).num_rows == 0
 
 
+def guid_rows(seed: int, n: int) -> list[tuple[datetime, str, str, str, str, str]]:
+    """random_rows with message ids written as GUIDs, the shape the service sends."""
+    rng = random.Random(seed)
+    guids = [str(uuid.UUID(int=rng.getrandbits(128), version=4)) for _ in range(60)]
+    return [
+        (stamp, guids[int(message[1:])], recipient, v4, v6, threat)
+        for stamp, message, recipient, v4, v6, threat in random_rows(seed, n)
+    ]
+
+
+def test_guid_message_ids_are_folded_and_count_like_the_texts(monkeypatch) -> None:
+    table = pa.Table.from_batches(raw_table(guid_rows(8, 3000)).to_batches(max_chunksize=700))
+    messages = table.column("NetworkMessageId")
+    assert isinstance(aggregate._message_ids(messages), aggregate._FoldedIds)
+    folded = count_spam(table)
+
+    monkeypatch.setattr(aggregate._FixedWidthTexts, "of", classmethod(lambda cls, column: None))
+    assert isinstance(aggregate._message_ids(messages), aggregate._DenseIds)
+    hashed = count_spam(table)
+
+    assert folded.by_ip.equals(hashed.by_ip)
+    assert (
+        folded.by_ip.column("DistinctMessages").to_pylist()
+        != folded.by_ip.column("count_").to_pylist()
+    )
+
+
+def test_texts_that_fold_alike_are_caught_and_counted_on_the_texts(monkeypatch) -> None:
+    table = raw_table(guid_rows(9, 2000))
+    expected = count_spam(table)
+
+    # With every factor zero all texts fold to 0: one id for 40 different messages.
+    monkeypatch.setattr(aggregate, "_FOLD_FACTORS", [0] * len(aggregate._FOLD_FACTORS))
+    merged = aggregate._message_ids(table.column("NetworkMessageId"))
+    assert merged.count == 1
+    assert merged.merged_two_texts()
+
+    assert count_spam(table).by_ip.equals(expected.by_ip)
+
+
+@pytest.mark.parametrize(
+    ("texts", "ids_equal"),
+    [
+        # Nine bytes: the second word overlaps the first and holds the last byte.
+        (["abcdefgh1", "abcdefgh2", "abcdefgh1"], [False, False, True]),
+        (["12345678", "12345678", "12345679"], [True, False, False]),
+        (["x" * 48, "x" * 47 + "y", "x" * 48], [False, False, True]),
+    ],
+)
+def test_fixed_width_ids_differ_exactly_where_the_texts_do(
+    texts: list[str], ids_equal: list[bool]
+) -> None:
+    column = pa.chunked_array([pa.array(texts[:1]), pa.array(texts[1:])])
+    result = aggregate._message_ids(column)
+
+    assert isinstance(result, aggregate._FoldedIds)
+    assert not result.merged_two_texts()
+    ids = result.ids.tolist()
+    assert [ids[0] == ids[1], ids[1] == ids[2], ids[0] == ids[2]] == ids_equal
+    assert result.count == len(set(texts))
+
+
+@pytest.mark.parametrize(
+    "texts",
+    [["short", "short"], ["12345678", "123456789"], ["12345678", None], ["y" * 49, "y" * 49]],
+)
+def test_ids_that_cannot_be_folded_are_hashed(texts: list[str | None]) -> None:
+    # Too short for a word, mixed lengths, nulls, longer than the fold factors cover.
+    result = aggregate._message_ids(pa.chunked_array([pa.array(texts, pa.string())]))
+
+    assert isinstance(result, aggregate._DenseIds)
+    assert result.count == len(set(texts))
+
+
 def test_null_ids_count_as_one_value_and_null_addresses_as_none() -> None:
     table = raw_table(
         [
@@ -368,9 +443,12 @@ def test_null_ids_count_as_one_value_and_null_addresses_as_none() -> None:
     ],
     ids=repr,
 )
-def test_canonical_ipv4_shortcut_agrees_with_normalise_address(text: str) -> None:
+@pytest.mark.parametrize("ipv4_column", [False, True], ids=["any column", "IPv4 column"])
+def test_canonical_ipv4_shortcut_agrees_with_normalise_address(
+    text: str, ipv4_column: bool
+) -> None:
     invalid: set[str] = set()
-    canonical = aggregate._canonical_texts(pa.array([text]), invalid)
+    canonical = aggregate._canonical_texts(pa.array([text]), invalid, ipv4_column=ipv4_column)
 
     assert canonical.to_pylist() == [normalise_address(text)]
     assert invalid == ({text} if text and normalise_address(text) is None else set())
@@ -409,9 +487,12 @@ def test_canonical_ipv4_shortcut_agrees_with_normalise_address(text: str) -> Non
     ],
     ids=repr,
 )
-def test_canonical_ipv6_shortcut_agrees_with_normalise_address(text: str) -> None:
+@pytest.mark.parametrize("ipv4_column", [False, True], ids=["any column", "IPv4 column"])
+def test_canonical_ipv6_shortcut_agrees_with_normalise_address(
+    text: str, ipv4_column: bool
+) -> None:
     invalid: set[str] = set()
-    canonical = aggregate._canonical_texts(pa.array([text]), invalid)
+    canonical = aggregate._canonical_texts(pa.array([text]), invalid, ipv4_column=ipv4_column)
 
     assert canonical.to_pylist() == [normalise_address(text)]
     assert invalid == ({text} if text and normalise_address(text) is None else set())
