@@ -20,6 +20,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from spamgeo.memory import keep_freed_memory
 from spamgeo.window import Window
 
 log = logging.getLogger(__name__)
@@ -94,6 +95,7 @@ def extract_step(client: Any, window: Window, folder: RunFolder) -> dict[str, An
     """Pull every spam row of the window into Parquet slices under the run folder."""
     from spamgeo.extract import extract_window
 
+    keep_freed_memory()
     folder.create()
     result = extract_window(client, window, folder.raw)
     summary = result.to_summary()
@@ -116,6 +118,7 @@ def validate_step(
     from spamgeo.extract import read_extract
     from spamgeo.quality import rows_per_day, validate_raw
 
+    keep_freed_memory()
     raw = read_extract(folder.raw)
     checked = validate_raw(raw, window, trailing_rows=trailing_rows, config=quality_config)
     _write_table(checked.clean, folder.clean)
@@ -144,6 +147,7 @@ def aggregate_step(
     from spamgeo.geolocate import geolocate, open_geolocator
     from spamgeo.quality import expected_count_total, validate_aggregate
 
+    keep_freed_memory()
     clean = pq.read_table(folder.clean)
     started = time.perf_counter()
     counts = count_spam(clean)
@@ -230,6 +234,8 @@ def publish_step(
         publish_day,
         published_days,
     )
+
+    keep_freed_memory()
 
     daily = pq.read_table(folder.daily)
     quarantine = pq.read_table(folder.quarantine)

@@ -1,0 +1,75 @@
+"""keep_freed_memory: large blocks freed by one array are reused by the next, not faulted in."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+INCLUDE = Path(__file__).resolve().parents[2] / "include"
+
+# Touches a 64 MiB block, frees it, and prints the page faults that taking a second one costs.
+PROBE = """
+import resource, sys
+from spamgeo.memory import keep_freed_memory
+if sys.argv[1] == "keep":
+    assert keep_freed_memory()
+block = b"\\x01" * (64 << 20)
+del block
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+block = b"\\x02" * (64 << 20)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+def faults_of_second_block(mode: str) -> int:
+    environment = {**os.environ, "PYTHONPATH": str(INCLUDE)}
+    for name in list(environment):
+        if name.startswith("MALLOC_"):
+            del environment[name]
+    completed = subprocess.run(
+        [sys.executable, "-c", PROBE, mode],
+        capture_output=True,
+        text=True,
+        env=environment,
+        check=True,
+        timeout=60,
+    )
+    return int(completed.stdout)
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="tunes glibc's malloc only")
+def test_freed_block_is_reused_instead_of_faulted_in_again() -> None:
+    # 16,384 pages of 4 KiB: by default glibc unmaps the freed block and maps a fresh one.
+    assert faults_of_second_block("default") > 10_000
+    assert faults_of_second_block("keep") < 1_000
+
+
+ARROW_PROBE = """
+import pyarrow as pa
+from spamgeo.memory import keep_freed_memory
+before = pa.default_memory_pool().backend_name
+answers = {keep_freed_memory(), keep_freed_memory()}
+print(before, pa.default_memory_pool().backend_name, *answers)
+"""
+
+
+def test_arrow_allocates_through_the_same_malloc_once_kept() -> None:
+    environment = {**os.environ, "PYTHONPATH": str(INCLUDE)}
+    environment.pop("ARROW_DEFAULT_MEMORY_POOL", None)
+    completed = subprocess.run(
+        [sys.executable, "-c", ARROW_PROBE],
+        capture_output=True,
+        text=True,
+        env=environment,
+        check=True,
+        timeout=60,
+    )
+    before, after, *answers = completed.stdout.split()
+    glibc = platform.libc_ver()[0] == "glibc"
+    assert answers == [str(glibc)]
+    assert after == ("system" if glibc else before)
