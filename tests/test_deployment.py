@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import re
 
 import pytest
@@ -77,3 +78,20 @@ def test_example_env_configures_every_connection_the_dag_reads() -> None:
     example = (REPO / ".env.example").read_text()
     for conn_id in ("SPAMGEO_LOG_ANALYTICS", "SPAMGEO_BLOB"):
         assert re.search(rf"^AIRFLOW_CONN_{conn_id}=\{{", example, re.MULTILINE)
+
+
+def _assigned_number(path: str, name: str) -> int:
+    """The integer a module assigns to `name` at top level, read without importing the module."""
+    tree = ast.parse((REPO / path).read_text(encoding="utf-8"))
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(
+            isinstance(target, ast.Name) and target.id == name for target in node.targets
+        ):
+            return ast.literal_eval(node.value)
+    raise AssertionError(f"{path} assigns no {name}")
+
+
+def test_benchmark_extracts_with_the_dags_parallel_slices() -> None:
+    # The benchmark's fetch figure is only the DAG's if it queries as many slices at once.
+    dag = _assigned_number("dags/spamgeo_daily.py", "EXTRACT_PARALLEL_SLICES")
+    assert _assigned_number("bench/run.py", "DAG_PARALLEL_SLICES") == dag
