@@ -346,6 +346,21 @@ def test_guid_message_ids_are_folded_and_count_like_the_texts(monkeypatch) -> No
     )
 
 
+def test_packed_and_full_fold_sorts_number_the_messages_alike(monkeypatch) -> None:
+    table = raw_table(guid_rows(10, 3000))
+    packed = aggregate._message_ids(table.column("NetworkMessageId"))
+    packed_counts = count_spam(table)
+    monkeypatch.setattr(aggregate, "_PACKED_ROW_BITS", 0)
+    full = aggregate._message_ids(table.column("NetworkMessageId"))
+
+    assert not packed.merged_two_texts()
+    assert not full.merged_two_texts()
+    assert full.count == packed.count == len(set(table.column("NetworkMessageId").to_pylist()))
+    # Both number the ids in fold order; no two of these folds share their high bits.
+    assert (full.ids == packed.ids).all()
+    assert count_spam(table).by_ip.equals(packed_counts.by_ip)
+
+
 def test_texts_that_fold_alike_are_caught_and_counted_on_the_texts(monkeypatch) -> None:
     table = raw_table(guid_rows(9, 2000))
     expected = count_spam(table)
