@@ -194,9 +194,10 @@ def _message_ids(column: pa.ChunkedArray) -> _FoldedIds | _DenseIds:
     return _FoldedIds(ids, int(np.count_nonzero(new_value)), texts, order, new_value)
 
 
-# Up to 2**21 rows, sorting packs the row number into a fold's low bits. The 43 or more bits left
-# make two of a million message ids fold alike once in a hundred days, and merged_two_texts then
-# sends the count to the hashed texts; past that size, the full folds are sorted.
+# Up to 2**21 rows, sorting packs the row number into a fold's low bits. At a million rows the 44
+# bits left make two of the ~550k message ids fold alike about one day in a hundred, and
+# merged_two_texts then sends the count to the hashed texts; past 2**21 rows the full folds are
+# sorted.
 _PACKED_ROW_BITS = 21
 
 
