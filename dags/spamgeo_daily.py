@@ -89,10 +89,10 @@ def spamgeo_daily() -> None:
         return run_validate(get_current_context(), window)
 
     @task
-    def count_and_geolocate(validated: dict[str, Any]) -> dict[str, Any]:
+    def count_and_geolocate(window: dict[str, str], validated: dict[str, Any]) -> dict[str, Any]:
         from spamgeo_airflow.runs import run_aggregate
 
-        return run_aggregate(get_current_context())
+        return run_aggregate(get_current_context(), window)
 
     @task(
         pool=PUBLISH_POOL,
@@ -140,7 +140,7 @@ def spamgeo_daily() -> None:
     extracted = extract(window)
     wait_for_ingestion(window) >> extracted
     validated = validate(window, extracted)
-    aggregated = count_and_geolocate(validated)
+    aggregated = count_and_geolocate(window, validated)
     published = publish(window, aggregated)
     check_power_bi(published) >> refresh_power_bi
     clean_up(published)

@@ -155,7 +155,7 @@ def _run(args: argparse.Namespace) -> int:
         quality_config=quality,
         trailing_rows=trailing_rows(store, args.prefix, window),
     )
-    aggregate_step(folder, geo_settings=geo, quality_config=quality)
+    aggregate_step(folder, window, geo_settings=geo, quality_config=quality)
     summary = publish_step(
         window, folder, store, run_id=run_id, prefix=args.prefix, rollup_days=args.rollup_days
     )

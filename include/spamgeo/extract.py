@@ -954,11 +954,17 @@ def extract_files(out_dir: Path) -> list[Path]:
     return [Path(out_dir) / name for name in summary["files"]]
 
 
-def read_extract(out_dir: Path) -> pa.Table:
-    """The whole finished extraction in `out_dir` as one raw table."""
+def iter_extract(out_dir: Path) -> Iterator[pa.Table]:
+    """The finished extraction in `out_dir` one slice file at a time, as raw tables."""
     import pyarrow.parquet as pq
 
-    tables = [pq.read_table(path, schema=RAW_ARROW_SCHEMA) for path in extract_files(out_dir)]
+    for path in extract_files(out_dir):
+        yield pq.read_table(path, schema=RAW_ARROW_SCHEMA).select(list(RAW_COLUMNS))
+
+
+def read_extract(out_dir: Path) -> pa.Table:
+    """The whole finished extraction in `out_dir` as one raw table."""
+    tables = list(iter_extract(out_dir))
     if not tables:
-        return RAW_ARROW_SCHEMA.empty_table()
-    return pa.concat_tables(tables).select(list(RAW_COLUMNS))
+        return RAW_ARROW_SCHEMA.empty_table().select(list(RAW_COLUMNS))
+    return pa.concat_tables(tables)

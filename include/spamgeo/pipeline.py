@@ -31,14 +31,14 @@ TRAILING_DAYS_FOR_VOLUME = 7
 
 
 @dataclass(frozen=True)
-class RunFolder:
-    """Where one run keeps its intermediate files; safe to delete once the run has published."""
+class DayFolder:
+    """One UTC day's files in a run folder: its raw rows and what validating and counting made."""
 
     root: Path
 
     @property
     def raw(self) -> Path:
-        return self.root / "raw"
+        return self.root / "raw.parquet"
 
     @property
     def clean(self) -> Path:
@@ -56,12 +56,30 @@ class RunFolder:
     def reports(self) -> Path:
         return self.root / "reports"
 
+
+@dataclass(frozen=True)
+class RunFolder:
+    """Where one run keeps its intermediate files; safe to delete once the run has published.
+
+    The extract covers the whole window; everything after it is kept per UTC day, so that each
+    step holds one day in memory however long the window is.
+    """
+
+    root: Path
+
+    @property
+    def raw(self) -> Path:
+        return self.root / "raw"
+
     @property
     def summary(self) -> Path:
         return self.root / "summary.json"
 
+    def day(self, day: date) -> DayFolder:
+        return DayFolder(self.root / "days" / day.isoformat())
+
     def create(self) -> RunFolder:
-        self.reports.mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(parents=True, exist_ok=True)
         return self
 
     def remove(self) -> None:
@@ -110,101 +128,218 @@ def validate_step(
     quality_config: Any = None,
     trailing_rows: Mapping[date, int] | None = None,
 ) -> dict[str, Any]:
-    """Check the raw extract, set aside quarantined rows, and stop the run on an error.
+    """Check the raw extract day by day, set aside quarantined rows, and stop the run on an error.
 
-    The clean rows, the quarantine and the reports are written before the gate is applied, so an
+    Each day's clean rows, quarantine and reports are written before the gate is applied, so an
     operator can read why a run failed in its run folder.
     """
-    from spamgeo.extract import read_extract
     from spamgeo.quality import rows_per_day, validate_raw
 
     keep_freed_memory()
-    raw = read_extract(folder.raw)
-    checked = validate_raw(raw, window, trailing_rows=trailing_rows, config=quality_config)
-    _write_table(checked.clean, folder.clean)
-    _write_table(checked.quarantine, folder.quarantine)
-    _write_reports(folder, "raw", checked.report)
+    days = _split_extract_by_day(folder, window)
+    reports, rows = {}, {"rows_in": 0, "rows_clean": 0, "rows_quarantined": 0}
+    rows_in_per_day = {}
+    for day in days:
+        files = folder.day(day)
+        raw = pq.read_table(files.raw)
+        checked = validate_raw(
+            raw, Window.for_days(day), trailing_rows=trailing_rows, config=quality_config
+        )
+        _write_table(checked.clean, files.clean)
+        _write_table(checked.quarantine, files.quarantine)
+        _write_reports(files.reports, "raw", checked.report)
+        reports[day] = checked.report
+        rows["rows_in"] += raw.num_rows
+        rows["rows_clean"] += checked.clean.num_rows
+        rows["rows_quarantined"] += checked.quarantine.num_rows
+        rows_in_per_day[day.isoformat()] = rows_per_day(raw, window)[day]
 
     summary = {
-        "rows_in": raw.num_rows,
-        "rows_clean": checked.clean.num_rows,
-        "rows_quarantined": checked.quarantine.num_rows,
-        "rows_in_per_day": {
-            day.isoformat(): rows for day, rows in rows_per_day(raw, window).items()
-        },
-        "quality": checked.report.summary(),
+        **rows,
+        "rows_in_per_day": rows_in_per_day,
+        "quality": _window_quality("raw", window, reports),
+        "quality_per_day": {day.isoformat(): report.summary() for day, report in reports.items()},
     }
     _update_summary(folder, "validate", summary)
-    checked.report.raise_for_errors()
+    _raise_for_errors("raw", window, reports)
     return summary
 
 
+def _split_extract_by_day(folder: RunFolder, window: Window) -> list[date]:
+    """Write the extract's rows into one raw file per UTC day of the window; return the days.
+
+    One slice file is read at a time, so memory follows the slice. Rows stamped outside the
+    window, or not at all, go with its first day: validation quarantines them there, and they
+    are published with that day rather than lost.
+    """
+    import pyarrow.compute as pc
+
+    from spamgeo.extract import RAW_ARROW_SCHEMA, iter_extract
+
+    if not window.is_day_aligned:
+        raise ValueError(f"window {window} does not fall on whole UTC days")
+    days = window.days()
+    in_window = pa.array(days, pa.date32())
+    writers: dict[date, pq.ParquetWriter] = {}
+    try:
+        for table in iter_extract(folder.raw):
+            stamped = pc.cast(table["TimeGenerated"], pa.date32())
+            parts = [
+                (day, pc.fill_null(pc.equal(stamped, pa.scalar(day, pa.date32())), False))
+                for day in pc.unique(stamped.drop_null()).to_pylist()
+                if day in days
+            ]
+            outside = pc.invert(pc.fill_null(pc.is_in(stamped, value_set=in_window), False))
+            if pc.any(outside).as_py():
+                parts.append((days[0], outside))
+            for day, rows in parts:
+                if day not in writers:
+                    writers[day] = _day_writer(folder.day(day).raw, RAW_ARROW_SCHEMA)
+                writers[day].write_table(table.filter(rows))
+    finally:
+        for writer in writers.values():
+            writer.close()
+    for day in days:
+        if day not in writers:
+            _day_writer(folder.day(day).raw, RAW_ARROW_SCHEMA).close()
+    return days
+
+
+def _day_writer(path: Path, schema: pa.Schema) -> pq.ParquetWriter:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return pq.ParquetWriter(path, schema, compression="zstd")
+
+
+def _window_quality(stage: str, window: Window, reports: Mapping[date, Any]) -> dict[str, Any]:
+    """The days' quality summaries as one for the window: verdicts joined, row counts added."""
+    summaries = [report.summary() for report in reports.values()]
+    counts: dict[str, Any] = {}
+    for summary in summaries:
+        for key, value in summary.items():
+            if key in ("stage", "window", "ok", "errors", "warnings"):
+                continue
+            counts[key] = _added(counts.get(key, _NOTHING), value)
+    errors = sorted({name for summary in summaries for name in summary["errors"]})
+    return {
+        "stage": stage,
+        "window": str(window),
+        "ok": not errors,
+        "errors": errors,
+        "warnings": sorted({name for summary in summaries for name in summary["warnings"]}),
+        "days_failed": [day.isoformat() for day, report in reports.items() if not report.ok],
+        **counts,
+    }
+
+
+_NOTHING = object()
+
+
+def _added(total: Any, value: Any) -> Any:
+    """Counts added across days; per-reason counts key by key; unknown (None) stays unknown."""
+    if total is _NOTHING:
+        return value
+    if total is None or value is None:
+        return None
+    if isinstance(total, dict) and isinstance(value, dict):
+        return {key: _added(total.get(key, 0), value.get(key, 0)) for key in total | value}
+    if isinstance(total, int) and isinstance(value, int):
+        return total + value
+    return None
+
+
+def _raise_for_errors(stage: str, window: Window, reports: Mapping[date, Any]) -> None:
+    """Stop the run when any day failed an error-level check, naming each day's failures."""
+    from dataclasses import replace
+
+    from spamgeo.quality import QualityGateError, ValidationReport
+
+    failed = [
+        replace(check, detail=f"{day.isoformat()}: {check.detail}")
+        for day, report in reports.items()
+        for check in report.errors
+    ]
+    if failed:
+        raise QualityGateError(ValidationReport(stage, failed, window=str(window)))
+
+
 def aggregate_step(
-    folder: RunFolder, *, geo_settings: Any, quality_config: Any = None
+    folder: RunFolder, window: Window, *, geo_settings: Any, quality_config: Any = None
 ) -> dict[str, Any]:
-    """Count spam per sender address and day, geolocate each address, and check the result."""
+    """Count spam per sender address, day by day, geolocate each address, and check the result."""
+    import pyarrow.compute as pc
+
     from spamgeo.aggregate import count_spam
     from spamgeo.geolocate import geolocate, open_geolocator
     from spamgeo.quality import expected_count_total, validate_aggregate
 
     keep_freed_memory()
-    clean = pq.read_table(folder.clean)
     started = time.perf_counter()
-    counts = count_spam(clean)
+    reports, addresses = {}, []
+    rows_in = rows_out = dropped = 0
     with open_geolocator(geo_settings) as geolocator:
-        daily = geolocate(counts.by_ip, geolocator)
+        for day in window.days():
+            files = folder.day(day)
+            clean = pq.read_table(files.clean)
+            counts = count_spam(clean)
+            daily = geolocate(counts.by_ip, geolocator)
+            reports[day] = validate_aggregate(
+                daily, expected_total=expected_count_total(clean), config=quality_config
+            )
+            _write_reports(files.reports, "aggregate", reports[day])
+            _write_table(daily, files.daily)
+            addresses.append(
+                pc.unique(
+                    pc.if_else(
+                        pc.equal(daily["SenderIPv4"], ""), daily["SenderIPv6"], daily["SenderIPv4"]
+                    )
+                )
+            )
+            rows_in += clean.num_rows
+            rows_out += daily.num_rows
+            dropped += counts.rejected_sightings
         databases = geolocator.describe()
     log.info(
-        "counted and geolocated %d spam rows into %d address-days in %.2f s",
-        clean.num_rows,
-        daily.num_rows,
+        "counted and geolocated %d spam rows of %d day(s) into %d address-days in %.2f s",
+        rows_in,
+        len(reports),
+        rows_out,
         time.perf_counter() - started,
     )
 
-    report = validate_aggregate(
-        daily, expected_total=expected_count_total(clean), config=quality_config
-    )
-    _write_reports(folder, "aggregate", report)
-    _write_table(daily, folder.daily)
-
-    import pyarrow.compute as pc
-
-    addresses = pc.if_else(
-        pc.equal(daily["SenderIPv4"], ""), daily["SenderIPv6"], daily["SenderIPv4"]
-    )
     summary = {
-        "rows_out": daily.num_rows,
-        "distinct_addresses": len(pc.unique(addresses)),
-        "unparsable_addresses_dropped": counts.rejected_sightings,
+        "rows_out": rows_out,
+        "distinct_addresses": len(pc.unique(pa.chunked_array(addresses, pa.string()))),
+        "unparsable_addresses_dropped": dropped,
         "geolocation_databases": databases,
-        "quality": report.summary(),
+        "quality": _window_quality("aggregate", window, reports),
+        "quality_per_day": {day.isoformat(): report.summary() for day, report in reports.items()},
     }
     _update_summary(folder, "aggregate", summary)
-    report.raise_for_errors()
+    _raise_for_errors("aggregate", window, reports)
     return summary
 
 
-def _write_reports(folder: RunFolder, stage: str, report: Any) -> None:
+def _write_reports(reports: Path, stage: str, report: Any) -> None:
     """A stage's report as JSON and as a page (for the operator), and as a section to publish."""
-    folder.reports.mkdir(parents=True, exist_ok=True)
-    (folder.reports / f"validation_{stage}.json").write_bytes(report.to_json())
-    (folder.reports / f"validation_{stage}.html").write_bytes(report.to_html())
-    (folder.reports / f"validation_{stage}.section.html").write_bytes(report.to_html_section())
+    reports.mkdir(parents=True, exist_ok=True)
+    (reports / f"validation_{stage}.json").write_bytes(report.to_json())
+    (reports / f"validation_{stage}.html").write_bytes(report.to_html())
+    (reports / f"validation_{stage}.section.html").write_bytes(report.to_html_section())
 
 
-def _report_bytes(folder: RunFolder, window: Window) -> dict[str, bytes]:
-    """The run's validation reports merged into one JSON document and one HTML page."""
+def _report_bytes(reports: Path, day: date) -> dict[str, bytes]:
+    """A day's validation reports merged into one JSON document and one HTML page."""
     from spamgeo.quality_report import render_page
 
     parts, sections = {}, []
     for stage in ("raw", "aggregate"):
-        data = folder.reports / f"validation_{stage}.json"
-        section = folder.reports / f"validation_{stage}.section.html"
+        data = reports / f"validation_{stage}.json"
+        section = reports / f"validation_{stage}.section.html"
         if data.exists():
             parts[stage] = json.loads(data.read_bytes())
         if section.exists():
             sections.append(section.read_text(encoding="utf-8"))
-    page = render_page(sections, title=f"spamgeo quality reports {window}")
+    page = render_page(sections, title=f"spamgeo quality reports {Window.for_days(day)}")
     return {
         "validation.json": json.dumps(parts, indent=2, sort_keys=True).encode(),
         "validation.html": page.encode(),
@@ -237,41 +372,34 @@ def publish_step(
 
     keep_freed_memory()
 
-    daily = pq.read_table(folder.daily)
-    quarantine = pq.read_table(folder.quarantine)
     earlier = _read_summary(folder)
     rows_in_per_day = earlier.get("validate", {}).get("rows_in_per_day", {})
-    reports = _report_bytes(folder, window)
-    quarantine_days = pc.cast(quarantine["TimeGenerated"], pa.timestamp("us", tz="UTC")).cast(
-        pa.date32()
-    )
+    quality = {
+        stage: earlier.get(step, {}).get("quality_per_day", {})
+        for stage, step in (("raw", "validate"), ("aggregate", "aggregate"))
+    }
     days = window.days()
-    # Quarantined rows stamped outside the window belong to no day of it; they are published
-    # with the window's first day rather than dropped.
-    outside = pc.invert(pc.fill_null(pc.is_in(quarantine_days, pa.array(days, pa.date32())), False))
-
     published = []
     for day in days:
-        this_day = pa.scalar(day, pa.date32())
-        day_rows = daily.filter(pc.equal(daily["Date"], this_day))
-        held = pc.fill_null(pc.equal(quarantine_days, this_day), False)
-        if day == days[0]:
-            held = pc.or_(held, outside)
-        day_quarantine = quarantine.filter(held)
+        files = folder.day(day)
+        daily = pq.read_table(files.daily)
+        day_rows = daily.filter(pc.equal(daily["Date"], pa.scalar(day, pa.date32())))
+        # Quarantined rows stamped outside the window are in its first day's file.
+        day_quarantine = pq.read_table(files.quarantine)
         manifest = build_manifest(
             window=window,
             run_id=run_id,
             rows_in=int(rows_in_per_day.get(day.isoformat(), 0)),
             rows_out=day_rows.num_rows,
             geolocation_database=earlier.get("aggregate", {}).get("geolocation_databases"),
-            quality={
-                "raw": earlier.get("validate", {}).get("quality"),
-                "aggregate": earlier.get("aggregate", {}).get("quality"),
-            },
+            quality={stage: by_day.get(day.isoformat()) for stage, by_day in quality.items()},
             rows_quarantined=day_quarantine.num_rows,
             extract=earlier.get("extract", {}),
         )
-        attachments = {"quarantine.csv": csv_bytes(day_quarantine), **reports}
+        attachments = {
+            "quarantine.csv": csv_bytes(day_quarantine),
+            **_report_bytes(files.reports, day),
+        }
         result = publish_day(
             store, prefix, day, day_rows, attachments=attachments, manifest=manifest
         )

@@ -105,7 +105,7 @@ def run_validate(context: Any, window: dict[str, str]) -> dict[str, Any]:
     )
 
 
-def run_aggregate(context: Any) -> dict[str, Any]:
+def run_aggregate(context: Any, window: dict[str, str]) -> dict[str, Any]:
     from spamgeo.geolocate import GeoSettings, default_city_database
     from spamgeo.pipeline import aggregate_step
     from spamgeo.quality import QualityConfig
@@ -118,6 +118,7 @@ def run_aggregate(context: Any) -> dict[str, Any]:
     )
     return aggregate_step(
         _run_folder(context),
+        _window(window),
         geo_settings=geo,
         quality_config=QualityConfig.from_mapping(settings.quality),
     )
