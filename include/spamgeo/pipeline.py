@@ -153,6 +153,8 @@ def validate_step(
         rows["rows_clean"] += checked.clean.num_rows
         rows["rows_quarantined"] += checked.quarantine.num_rows
         rows_in_per_day[day.isoformat()] = rows_per_day(raw, window)[day]
+        del raw, checked
+        _collect_cycles()
 
     summary = {
         **rows,
@@ -163,6 +165,18 @@ def validate_step(
     _update_summary(folder, "validate", summary)
     _raise_for_errors("raw", window, reports)
     return summary
+
+
+def _collect_cycles() -> None:
+    """Free what a finished day left in reference cycles before the next day is read.
+
+    Great Expectations leaves its pandas copy of each day in reference cycles, which only the
+    cyclic collector frees, and it rarely runs on its own: without this, ten days of a million
+    rows piled up to 1.1 GB in the validate step instead of staying near one day's 0.9 GB.
+    """
+    import gc
+
+    gc.collect()
 
 
 def _split_extract_by_day(folder: RunFolder, window: Window) -> list[date]:
@@ -297,6 +311,8 @@ def aggregate_step(
             rows_in += clean.num_rows
             rows_out += daily.num_rows
             dropped += counts.rejected_sightings
+            del clean, counts, daily
+            _collect_cycles()
         databases = geolocator.describe()
     log.info(
         "counted and geolocated %d spam rows of %d day(s) into %d address-days in %.2f s",
