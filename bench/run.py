@@ -90,6 +90,9 @@ TARGETS = {
     "whole_memory": Target("whole local processing of 1M rows, peak", 1000, "MB", False),
     "speedup": Target("overall speed-up over naive (1M rows)", 8.0, "x", True),
     "large_memory": Target("extraction of 10M rows, peak", 1500, "MB", False),
+    "large_steps_memory": Target(
+        "validate and count steps on 10M rows (10 days), peak", 1500, "MB", False
+    ),
 }
 
 
@@ -238,6 +241,10 @@ def bench_size(rows: int, args: argparse.Namespace, azurite: str) -> dict[str, A
                     project[name] = run_stage(name, ctx, args.repeat)
             if run_whole:
                 project["whole"] = run_stage("whole", ctx, args.repeat)
+            if not prepared.error:
+                # The validate and count tasks' own steps, each in a fresh process, once.
+                for name in ("validate_step", "aggregate_step"):
+                    project[name] = run_stage(name, ctx, 1)
             naive: dict[str, Series] = {}
             if run_naive:
                 for _, _, _, naive_stage in STAGES:
@@ -351,6 +358,16 @@ def size_table(result: dict[str, Any]) -> list[str]:
             f"(imports before the clock: {first.get('import_seconds', 0):.2f} s). "
             f"First run's split: {laps}.",
         ]
+    steps = [project.get(name, {}) for name in ("validate_step", "aggregate_step")]
+    if all(step.get("seconds") for step in steps):
+        days = steps[0]["runs"][0].get("days")
+        lines += [
+            "",
+            f"The validate and count tasks' own steps over the {days} day(s), each in a fresh "
+            f"process (`pipeline.validate_step`, then `pipeline.aggregate_step`, one day at a "
+            f"time): {steps[0]['seconds']:.2f} s, peak {steps[0]['process_peak_mb']:.0f} MB; "
+            f"{steps[1]['seconds']:.2f} s, peak {steps[1]['process_peak_mb']:.0f} MB.",
+        ]
     validate = project.get("validate", {})
     if validate.get("runs"):
         lines += [
@@ -401,6 +418,12 @@ def targets_table(results: list[dict[str, Any]]) -> tuple[list[str], dict[str, s
         measured["speedup"] = naive_total / mine_total if mine_total and naive_total else None
     if large:
         measured["large_memory"] = large["project"].get("fetch", {}).get("process_peak_mb")
+        step_peaks = [
+            large["project"].get(name, {}).get("process_peak_mb")
+            for name in ("validate_step", "aggregate_step")
+        ]
+        if None not in step_peaks:
+            measured["large_steps_memory"] = max(step_peaks)
 
     note = ""
     if target_size and target_size["rows"] != TARGET_ROWS:

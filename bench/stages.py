@@ -288,6 +288,48 @@ def project_upload(ctx: Context) -> Callable[[], Outcome]:
     return stage
 
 
+def _steps_folder(ctx: Context) -> Any:
+    """A run folder whose extract is the fetched one, for the pipeline's own steps."""
+    from spamgeo.pipeline import RunFolder
+
+    folder = RunFolder(ctx.work / "steps").create()
+    if not folder.raw.exists():
+        folder.raw.symlink_to(_extract_dir(ctx).resolve(), target_is_directory=True)
+    return folder
+
+
+def project_validate_step(ctx: Context) -> Callable[[], Outcome]:
+    """pipeline.validate_step as the validate task runs it: the window one day at a time."""
+    from spamgeo.pipeline import validate_step
+
+    folder = _steps_folder(ctx)
+    window = _window(ctx)
+    _import_great_expectations()
+
+    def stage() -> Outcome:
+        summary = validate_step(window, folder)
+        return Outcome(summary["rows_in"], {"days": len(window.days())})
+
+    return stage
+
+
+def project_aggregate_step(ctx: Context) -> Callable[[], Outcome]:
+    """pipeline.aggregate_step as the count_and_geolocate task runs it, after validate_step."""
+    from spamgeo.geolocate import GeoSettings, default_city_database
+    from spamgeo.pipeline import aggregate_step
+
+    folder = _steps_folder(ctx)
+    window = _window(ctx)
+    settings = GeoSettings(default_city_database())
+    _import_great_expectations()
+
+    def stage() -> Outcome:
+        summary = aggregate_step(folder, window, geo_settings=settings)
+        return Outcome(summary["rows_out"], {"days": len(window.days())})
+
+    return stage
+
+
 def project_prepare(ctx: Context) -> Callable[[], Outcome]:
     """Not a measurement: the inputs of the later stages, from the fetched extract."""
     import pyarrow.parquet as pq
@@ -508,6 +550,8 @@ STAGES: dict[str, Callable[[Context], Callable[[], Outcome]]] = {
     "csv": project_csv,
     "upload": project_upload,
     "prepare": project_prepare,
+    "validate_step": project_validate_step,
+    "aggregate_step": project_aggregate_step,
     "whole": project_whole,
     "naive_fetch": naive_fetch,
     "naive_count": naive_count,

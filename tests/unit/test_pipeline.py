@@ -13,7 +13,7 @@ import pytest
 from spamgeo import pipeline
 from spamgeo.extract import MANIFEST_NAME, RAW_ARROW_SCHEMA
 from spamgeo.pipeline import RunFolder, validate_step
-from spamgeo.quality import QualityGateError
+from spamgeo.quality import QualityConfig, QualityGateError
 from spamgeo.window import Window
 
 DAY_1, DAY_2, DAY_3 = date(2026, 3, 1), date(2026, 3, 2), date(2026, 3, 3)
@@ -111,3 +111,18 @@ def test_validation_runs_per_day_and_the_gate_names_the_failing_day(tmp_path) ->
         assert pq.read_table(folder.day(day).clean).num_rows == 2
         assert (folder.day(day).reports / "validation_raw.html").exists()
     assert messages(folder.day(DAY_2).quarantine) == [""]
+
+
+def test_a_one_day_window_is_validated_straight_from_the_extract(tmp_path) -> None:
+    folder = RunFolder(tmp_path / "run")
+    late = row(at(DAY_2, 0) + timedelta(hours=1), "late")
+    write_extract(folder, [[row(at(DAY_1, 1), "a"), row(at(DAY_1, 2), "b")], [late]])
+    quality = QualityConfig.from_mapping({"max_quarantine_share": 0.5})
+
+    summary = validate_step(Window.for_days(DAY_1), folder, quality_config=quality)
+
+    assert not folder.day(DAY_1).raw.exists()
+    assert messages(folder.day(DAY_1).clean) == ["a", "b"]
+    assert messages(folder.day(DAY_1).quarantine) == ["late"]
+    assert summary["rows_in_per_day"] == {"2026-03-01": 2}
+    assert (summary["rows_in"], summary["rows_quarantined"]) == (3, 1)
