@@ -1,4 +1,5 @@
-"""keep_freed_memory: large blocks freed by one array are reused by the next, not faulted in."""
+"""keep_freed_memory: large freed blocks are reused, not faulted in; release_freed_memory
+gives them back."""
 
 from __future__ import annotations
 
@@ -73,3 +74,33 @@ def test_arrow_allocates_through_the_same_malloc_once_kept() -> None:
     glibc = platform.libc_ver()[0] == "glibc"
     assert answers == [str(glibc)]
     assert after == ("system" if glibc else before)
+
+
+# Keeps freed memory, frees 128 MiB of small blocks, and prints RSS before and after releasing.
+RELEASE_PROBE = """
+from spamgeo.memory import keep_freed_memory, release_freed_memory
+def rss_kib():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+assert keep_freed_memory()
+blocks = [bytes([index % 251]) * (1 << 20) for index in range(128)]
+del blocks
+kept = rss_kib()
+assert release_freed_memory()
+print(kept - rss_kib())
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="tunes glibc's malloc only")
+def test_released_memory_goes_back_to_the_kernel() -> None:
+    environment = {**os.environ, "PYTHONPATH": str(INCLUDE)}
+    completed = subprocess.run(
+        [sys.executable, "-c", RELEASE_PROBE],
+        capture_output=True,
+        text=True,
+        env=environment,
+        check=True,
+        timeout=60,
+    )
+    assert int(completed.stdout) > 100 << 10  # KiB: most of the 128 MiB

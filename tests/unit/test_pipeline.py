@@ -1,4 +1,5 @@
-"""The steps over a run folder: the extract split into UTC days, and validation day by day."""
+"""The steps over a run folder: the extract split into UTC days, then validation and counting
+day by day."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import pytest
 
 from spamgeo import pipeline
 from spamgeo.extract import MANIFEST_NAME, RAW_ARROW_SCHEMA
-from spamgeo.pipeline import RunFolder, validate_step
+from spamgeo.geolocate import GeoSettings, default_city_database
+from spamgeo.pipeline import RunFolder, aggregate_step, validate_step
 from spamgeo.quality import QualityConfig, QualityGateError
 from spamgeo.window import Window
 
@@ -126,3 +128,28 @@ def test_a_one_day_window_is_validated_straight_from_the_extract(tmp_path) -> No
     assert messages(folder.day(DAY_1).quarantine) == ["late"]
     assert summary["rows_in_per_day"] == {"2026-03-01": 2}
     assert (summary["rows_in"], summary["rows_quarantined"]) == (3, 1)
+
+
+def test_counting_day_by_day_keeps_the_window_distinct_addresses(tmp_path, monkeypatch) -> None:
+    # Merge the per-day address sets after every second day, so three days cross a merge.
+    monkeypatch.setattr(pipeline, "_MERGE_ADDRESSES_EVERY", 2)
+    folder = RunFolder(tmp_path / "run")
+    senders = {DAY_1: ["81.2.69.160", "2001:db8::1"], DAY_2: ["81.2.69.160"]}
+    senders[DAY_3] = ["81.2.69.161", "2001:DB8::1"]  # the same IPv6 address, written otherwise
+    rows = []
+    for day, addresses in senders.items():
+        for index, address in enumerate(addresses):
+            family = "SenderIPv6" if ":" in address else "SenderIPv4"
+            rows.append(
+                row(at(day, index), f"{day}-{index}", **{"SenderIPv4": "", family: address})
+            )
+    write_extract(folder, [rows])
+    validate_step(WINDOW, folder)
+
+    summary = aggregate_step(folder, WINDOW, geo_settings=GeoSettings(default_city_database()))
+
+    assert summary["rows_out"] == 5
+    assert summary["distinct_addresses"] == 3
+    assert sorted(summary["quality_per_day"]) == ["2026-03-01", "2026-03-02", "2026-03-03"]
+    for day, addresses in senders.items():
+        assert pq.read_table(folder.day(day).daily).num_rows == len(addresses)
