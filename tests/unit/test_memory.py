@@ -27,20 +27,25 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
 
-def faults_of_second_block(mode: str) -> int:
+def run_probe(code: str, *args: str) -> str:
+    """What `code` prints in a fresh interpreter, with no allocator settings from outside."""
     environment = {**os.environ, "PYTHONPATH": str(INCLUDE)}
     for name in list(environment):
-        if name.startswith("MALLOC_"):
+        if name.startswith("MALLOC_") or name == "ARROW_DEFAULT_MEMORY_POOL":
             del environment[name]
     completed = subprocess.run(
-        [sys.executable, "-c", PROBE, mode],
+        [sys.executable, "-c", code, *args],
         capture_output=True,
         text=True,
         env=environment,
         check=True,
         timeout=60,
     )
-    return int(completed.stdout)
+    return completed.stdout
+
+
+def faults_of_second_block(mode: str) -> int:
+    return int(run_probe(PROBE, mode))
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="tunes glibc's malloc only")
@@ -60,17 +65,7 @@ print(before, pa.default_memory_pool().backend_name, *answers)
 
 
 def test_arrow_allocates_through_the_same_malloc_once_kept() -> None:
-    environment = {**os.environ, "PYTHONPATH": str(INCLUDE)}
-    environment.pop("ARROW_DEFAULT_MEMORY_POOL", None)
-    completed = subprocess.run(
-        [sys.executable, "-c", ARROW_PROBE],
-        capture_output=True,
-        text=True,
-        env=environment,
-        check=True,
-        timeout=60,
-    )
-    before, after, *answers = completed.stdout.split()
+    before, after, *answers = run_probe(ARROW_PROBE).split()
     glibc = platform.libc_ver()[0] == "glibc"
     assert answers == [str(glibc)]
     assert after == ("system" if glibc else before)
@@ -94,13 +89,4 @@ print(kept - rss_kib())
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="tunes glibc's malloc only")
 def test_released_memory_goes_back_to_the_kernel() -> None:
-    environment = {**os.environ, "PYTHONPATH": str(INCLUDE)}
-    completed = subprocess.run(
-        [sys.executable, "-c", RELEASE_PROBE],
-        capture_output=True,
-        text=True,
-        env=environment,
-        check=True,
-        timeout=60,
-    )
-    assert int(completed.stdout) > 100 << 10  # KiB: most of the 128 MiB
+    assert int(run_probe(RELEASE_PROBE)) > 100 << 10  # KiB: most of the 128 MiB
