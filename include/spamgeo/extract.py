@@ -111,6 +111,7 @@ class LogAnalyticsSettings:
     max_attempts: int = 6
     backoff_base_s: float = 1.0
     backoff_max_s: float = 60.0
+    max_retry_after_s: float = 300.0
     max_parallel_slices: int = 1
 
     def __post_init__(self) -> None:
@@ -143,6 +144,10 @@ class LogAnalyticsSettings:
             raise SettingsError(
                 f"backoff_base_s={self.backoff_base_s} and backoff_max_s={self.backoff_max_s} "
                 "must satisfy 0 <= backoff_base_s <= backoff_max_s"
+            )
+        if not 0 <= self.max_retry_after_s < math.inf:
+            raise SettingsError(
+                f"max_retry_after_s={self.max_retry_after_s} must be a number of seconds >= 0"
             )
         if not 1 <= self.max_parallel_slices <= MAX_CONCURRENT_QUERIES:
             raise SettingsError(
@@ -580,6 +585,14 @@ class LogAnalyticsClient:
             retries.append(reason)
             if attempt == settings.max_attempts:
                 break
+            if retry_after is not None and retry_after > settings.max_retry_after_s:
+                # Sleeping that long would hold a worker slot for nothing: fail now, and let
+                # the task's own retry, or the next run, ask again later.
+                raise RetriesExhaustedError(
+                    f"query for {window}: {reason} with Retry-After {retry_after:.0f} s, more "
+                    f"than max_retry_after_s={settings.max_retry_after_s:.0f}; the workspace is "
+                    "throttled: run again later, or raise max_retry_after_s to wait it out"
+                )
             if retry_after is not None:
                 delay, why = retry_after, "Retry-After"
             else:

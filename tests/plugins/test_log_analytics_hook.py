@@ -66,7 +66,7 @@ def test_fields_map_to_settings() -> None:
         host="127.0.0.1",
         port=8443,
         schema=WORKSPACE,
-        extra={"ca_bundle": __file__, "server_timeout_s": "300"},
+        extra={"ca_bundle": __file__, "server_timeout_s": "300", "max_retry_after_s": "90"},
     )
 
     settings = settings_from_connection(conn, slice_length=timedelta(hours=6))
@@ -75,6 +75,7 @@ def test_fields_map_to_settings() -> None:
     assert settings.endpoint == "https://127.0.0.1:8443"
     assert settings.ca_bundle == __file__
     assert settings.server_timeout_s == 300
+    assert settings.max_retry_after_s == 90.0
     assert settings.slice_length == timedelta(hours=6)
 
 

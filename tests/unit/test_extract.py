@@ -138,6 +138,8 @@ def test_query_pushes_spam_filter_then_half_open_window_then_projection() -> Non
         ("min_slice", timedelta(0)),
         ("max_attempts", 0),
         ("backoff_max_s", 0.001),
+        ("max_retry_after_s", -1.0),
+        ("max_retry_after_s", float("nan")),
         ("max_parallel_slices", 6),
     ],
 )
@@ -409,6 +411,20 @@ def test_retry_after_is_honoured(
         and "retrying in 0.20 s (Retry-After)" in record.getMessage()
         for record in caplog.records
     )
+
+
+def test_a_retry_after_beyond_the_limit_fails_at_once_naming_the_setting(
+    server: StandIn,
+) -> None:
+    server.inject(Fault(429, retry_after=3600))
+
+    with (
+        make_client(server, max_retry_after_s=60.0) as client,
+        pytest.raises(RetriesExhaustedError, match=r"Retry-After 3600 s.*max_retry_after_s"),
+    ):
+        client.query_window(Window.for_days(date(2026, 11, 1)))
+
+    assert len(server.requests) == 1  # no second attempt after an hour's (or a minute's) wait
 
 
 def test_retries_stop_at_max_attempts(server: StandIn) -> None:

@@ -35,6 +35,13 @@ def _endpoint(conn: Any) -> str | None:
     return f"{host.rstrip('/')}:{conn.port}" if conn.port else host
 
 
+# Connection extras read as numbers: (name, type, what the value must be).
+_NUMERIC_EXTRAS = (
+    ("server_timeout_s", int, "a whole number of seconds"),
+    ("max_retry_after_s", float, "a number of seconds"),
+)
+
+
 def settings_from_connection(conn: Any, **overrides: Any) -> LogAnalyticsSettings:
     """Settings from a connection's fields; keyword overrides win (e.g. slice_length)."""
     from spamgeo.extract import LogAnalyticsSettings, SettingsError
@@ -60,13 +67,14 @@ def settings_from_connection(conn: Any, **overrides: Any) -> LogAnalyticsSetting
         values["endpoint"] = endpoint
     if extra.get("ca_bundle"):
         values["ca_bundle"] = str(extra["ca_bundle"])
-    if extra.get("server_timeout_s") not in (None, ""):
+    for name, kind, what in _NUMERIC_EXTRAS:
+        if extra.get(name) in (None, ""):
+            continue
         try:
-            values["server_timeout_s"] = int(extra["server_timeout_s"])
+            values[name] = kind(extra[name])
         except (TypeError, ValueError) as exc:
             raise SettingsError(
-                f"connection {conn.conn_id!r}: extra 'server_timeout_s' "
-                f"{extra['server_timeout_s']!r} is not a whole number of seconds"
+                f"connection {conn.conn_id!r}: extra {name!r} {extra[name]!r} is not {what}"
             ) from exc
     values.update(overrides)
 
