@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import itertools
 import json
 import logging
 import os
@@ -19,8 +20,9 @@ import re
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
@@ -753,51 +755,126 @@ def spam_rollup(daily_tables: Iterable[pa.Table]) -> pa.Table:
 
     Counts are summed over days; location and network columns come from the latest day the
     address was seen, taken whole from that day's row (nulls included) so days never mix.
+    Each day must come in one table only, as a published partition does.
     """
-    tables = [table.select(DAILY_COLUMNS) for table in daily_tables]
-    if not tables:
-        empty = pa.table({name: pa.array([], DAILY_TYPES[name]) for name in DAILY_COLUMNS})
-        tables = [empty]
-    # One contiguous chunk per column: grouping over the many small blocks read_csv yields
-    # is several times slower.
-    combined = pa.concat_tables(tables, promote_options="permissive").combine_chunks()
+    fold = RollupFold()
+    for table in daily_tables:
+        fold.add(table)
+    return fold.result()
 
-    # Each row's day and position packed into one integer: its maximum per address points at
-    # the address's latest row without sorting the whole window.
-    import numpy as np
 
-    day_number = combined["Date"].cast(pa.int32()).cast(pa.int64())
-    position = pa.array(np.arange(combined.num_rows, dtype=np.int64))
-    latest_key = pc.add(pc.multiply(day_number, 1 << 32), position)
-    grouped = (
-        combined.select([*ADDRESS_KEYS, *SUMMED_COLUMNS, "Date"])
-        .append_column("latest", latest_key)
-        .group_by(ADDRESS_KEYS)
-        .aggregate(
-            [
-                *[(name, "sum") for name in SUMMED_COLUMNS],
-                ("Date", "min"),
-                ("Date", "max"),
-                ("Date", "count_distinct"),
-                ("latest", "max"),
-            ]
+class RollupFold:
+    """The rollup of the daily tables added so far, folded in as they come.
+
+    Days are buffered and folded into the running rollup once they hold as many rows as it
+    does (and at least FOLD_MIN_ROWS), so memory follows the distinct addresses, not the
+    window's rows: ninety days of the same 100k senders are 9M daily rows but a 100k-row
+    rollup. Each row is folded about twice at most, however long the window.
+    """
+
+    FOLD_MIN_ROWS = 250_000
+
+    def __init__(self) -> None:
+        self._rollup = _empty_rollup_state()
+        self._pending: list[pa.Table] = []
+        self._pending_rows = 0
+
+    def add(self, daily: pa.Table) -> None:
+        self._pending.append(daily.select(DAILY_COLUMNS))
+        self._pending_rows += daily.num_rows
+        if self._pending_rows >= max(self.FOLD_MIN_ROWS, self._rollup.num_rows):
+            self._fold()
+
+    def result(self) -> pa.Table:
+        """The rollup, most spam first, then by address."""
+        self._fold()
+        rollup = self._rollup.select(ROLLUP_COLUMNS)
+        return rollup.sort_by(
+            [("count_", "descending"), ("SenderIPv4", "ascending"), ("SenderIPv6", "ascending")]
         )
-    )
-    latest_rows = pc.bit_wise_and(grouped["latest_max"], (1 << 32) - 1)
-    latest = combined.select(["Latitude", "Longitude", *LATEST_GEO_COLUMNS]).take(latest_rows)
 
-    columns = {name: grouped[name] for name in ADDRESS_KEYS}
-    columns.update({name: grouped[f"{name}_sum"] for name in SUMMED_COLUMNS})
-    columns.update(
-        FirstSeen=grouped["Date_min"],
-        LastSeen=grouped["Date_max"],
-        DaysSeen=grouped["Date_count_distinct"],
-    )
-    columns.update({name: latest[name] for name in latest.column_names})
-    rollup = pa.table({name: columns[name] for name in ROLLUP_COLUMNS})
-    return rollup.sort_by(
-        [("count_", "descending"), ("SenderIPv4", "ascending"), ("SenderIPv6", "ascending")]
-    )
+    def _fold(self) -> None:
+        if not self._pending:
+            return
+        days = pa.concat_tables(self._pending, promote_options="permissive")
+        self._pending, self._pending_rows = [], 0
+        dates = days["Date"]
+        incoming = pa.table(
+            {
+                **{name: days[name] for name in [*ADDRESS_KEYS, *SUMMED_COLUMNS]},
+                "FirstSeen": dates,
+                "LastSeen": dates,
+                "DaysSeen": pa.nulls(days.num_rows, pa.int64()),
+                "NewDay": dates,
+                **{name: days[name] for name in _LATEST_COLUMNS},
+            }
+        )
+        earlier = self._rollup.append_column("NewDay", pa.nulls(self._rollup.num_rows, pa.date32()))
+        # One contiguous chunk per column: grouping over the many small blocks read_csv yields
+        # is several times slower.
+        combined = pa.concat_tables(
+            [earlier, incoming.select(earlier.column_names)], promote_options="permissive"
+        ).combine_chunks()
+
+        # Each row's last day and position packed into one integer: its maximum per address
+        # points at the address's latest row without sorting. Rollup rows come first, so a
+        # day's own row wins a tie, as a later table would.
+        import numpy as np
+
+        day_number = combined["LastSeen"].cast(pa.int32()).cast(pa.int64())
+        position = pa.array(np.arange(combined.num_rows, dtype=np.int64))
+        latest_key = pc.add(pc.multiply(day_number, 1 << 32), position)
+        grouped = (
+            combined.select([*ADDRESS_KEYS, *SUMMED_COLUMNS, "FirstSeen", "LastSeen"])
+            .append_column("DaysSeen", combined["DaysSeen"])
+            .append_column("NewDay", combined["NewDay"])
+            .append_column("latest", latest_key)
+            .group_by(ADDRESS_KEYS)
+            .aggregate(
+                [
+                    *[(name, "sum") for name in SUMMED_COLUMNS],
+                    ("FirstSeen", "min"),
+                    ("LastSeen", "max"),
+                    ("DaysSeen", "sum"),
+                    ("NewDay", "count_distinct"),
+                    ("latest", "max"),
+                ]
+            )
+        )
+        latest_rows = pc.bit_wise_and(grouped["latest_max"], (1 << 32) - 1)
+        latest = combined.select(_LATEST_COLUMNS).take(latest_rows)
+        columns = {name: grouped[name] for name in ADDRESS_KEYS}
+        columns.update({name: grouped[f"{name}_sum"] for name in SUMMED_COLUMNS})
+        columns.update(
+            FirstSeen=grouped["FirstSeen_min"],
+            LastSeen=grouped["LastSeen_max"],
+            DaysSeen=pc.add(
+                pc.fill_null(grouped["DaysSeen_sum"], 0), grouped["NewDay_count_distinct"]
+            ),
+        )
+        columns.update({name: latest[name] for name in _LATEST_COLUMNS})
+        self._rollup = pa.table({name: columns[name] for name in _ROLLUP_STATE_COLUMNS})
+
+
+_LATEST_COLUMNS = ["Latitude", "Longitude", *LATEST_GEO_COLUMNS]
+_ROLLUP_STATE_COLUMNS = [
+    *ADDRESS_KEYS,
+    *SUMMED_COLUMNS,
+    "FirstSeen",
+    "LastSeen",
+    "DaysSeen",
+    *_LATEST_COLUMNS,
+]
+
+
+def _empty_rollup_state() -> pa.Table:
+    types = {
+        **DAILY_TYPES,
+        "FirstSeen": DAILY_TYPES["Date"],
+        "LastSeen": DAILY_TYPES["Date"],
+        "DaysSeen": pa.int64(),
+    }
+    return pa.table({name: pa.array([], types[name]) for name in _ROLLUP_STATE_COLUMNS})
 
 
 def published_days(store: Store, prefix: str) -> list[date]:
@@ -812,6 +889,26 @@ def published_days(store: Store, prefix: str) -> list[date]:
             except ValueError:
                 continue
     return sorted(found)
+
+
+# Days downloaded and parsed at once while the rollup is built; no more are read ahead.
+_ROLLUP_READERS = 4
+
+
+def _read_ahead(
+    load: Callable[[date], pa.Table | None], days: list[date], readers: int
+) -> Iterator[tuple[date, pa.Table | None]]:
+    """Each day with what `load` made of it, in order, `readers` loads in flight at most."""
+    with ThreadPoolExecutor(max_workers=readers) as pool:
+        queue: deque[tuple[date, Future[pa.Table | None]]] = deque()
+        upcoming = iter(days)
+        for day in itertools.islice(upcoming, readers):
+            queue.append((day, pool.submit(load, day)))
+        while queue:
+            day, future = queue.popleft()
+            for later in itertools.islice(upcoming, 1):
+                queue.append((later, pool.submit(load, later)))
+            yield day, future.result()
 
 
 def build_rollup(store: Store, prefix: str, as_of: date, *, days: int = 90) -> Rollup:
@@ -835,15 +932,16 @@ def build_rollup(store: Store, prefix: str, as_of: date, *, days: int = 90) -> R
             return None
         return read_daily_csv(snapshot.files[DAILY_CSV], source=f"daily CSV of {day}")
 
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        loaded = dict(zip(present, pool.map(load, present), strict=True))
-    vanished = [day for day, table in loaded.items() if table is None]
+    fold, vanished, input_rows = RollupFold(), [], 0
+    for day, table in _read_ahead(load, present, _ROLLUP_READERS):
+        if table is None:
+            vanished.append(day)
+            continue
+        input_rows += table.num_rows
+        fold.add(table)
+    rollup = fold.result()
     present = [day for day in present if day not in vanished]
     missing = sorted([*missing, *vanished])
-    tables = [loaded[day] for day in present]
-    input_rows = sum(table.num_rows for table in tables)
-
-    rollup = spam_rollup(tables)
     csv_name = rollup_csv_name(days)
     data = csv_bytes(rollup)
     complete = not missing

@@ -26,6 +26,7 @@ from spamgeo.publish import (
     BlobStore,
     LocalStore,
     PublishError,
+    RollupFold,
     Store,
     blob_store_from_connection_string,
     build_manifest,
@@ -38,6 +39,7 @@ from spamgeo.publish import (
     published_days,
     read_daily_manifests,
     read_published_day,
+    spam_rollup,
 )
 from spamgeo.window import Window
 
@@ -650,6 +652,33 @@ def test_rollup_with_no_partitions_is_empty_and_incomplete(tmp_path: Path) -> No
     assert rollup.days_missing == [DAY - timedelta(days=1), DAY]
     data = (tmp_path / "spamgeo" / "latest" / "spam_by_ip_2d.csv").read_bytes()
     assert data.count(b"\n") == 1
+
+
+def test_rollup_folded_day_by_day_equals_the_rollup_folded_at_once(monkeypatch) -> None:
+    first = date(2026, 12, 1)
+    days = {}
+    for n in range(6):
+        day = first + timedelta(days=n)
+        days[day] = [london(day, n + 1)] if n % 2 else [sao_paulo(day, n + 2)]
+        if n in (1, 4):  # an address of its own on some days, first seen on day 1
+            days[day].append(unlocated(day, 10 * n))
+    days[day][0].update(City="Croydon", Latitude=51.37, AccuracyRadiusKm=None)  # moved last day
+    # Oldest last: the latest day must win by its date, not by the order tables arrive in.
+    tables = [table_of(days[day]) for day in sorted(days, reverse=True)]
+
+    at_once = spam_rollup(tables)
+    monkeypatch.setattr(RollupFold, "FOLD_MIN_ROWS", 1)  # fold after every table
+    day_by_day = spam_rollup(tables)
+
+    assert day_by_day.equals(at_once)
+    got = [typed(r) for r in parse_csv(csv_bytes(day_by_day))]
+    assert sorted(got, key=str) == sorted(expected_rollup(days), key=str)
+    assert {r["SenderIPv4"] or r["SenderIPv6"]: r["DaysSeen"] for r in got} == {
+        "2804:14c::1": 3,
+        "81.2.69.160": 3,
+        "10.1.2.3": 2,
+    }
+    assert [r["City"] for r in got if r["SenderIPv4"] == "81.2.69.160"] == ["Croydon"]
 
 
 def test_day_ranges_joins_consecutive_days() -> None:
