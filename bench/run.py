@@ -29,7 +29,7 @@ if __package__ in (None, ""):
     sys.path[:0] = [str(ROOT), str(ROOT / "include")]
 
 from bench.responses import ResponseSet, build_responses  # noqa: E402
-from bench.stages import Context, run_child  # noqa: E402
+from bench.stages import ROLLUP_DAYS, Context, run_child  # noqa: E402
 
 log = logging.getLogger("bench")
 
@@ -241,6 +241,10 @@ def bench_size(rows: int, args: argparse.Namespace, azurite: str) -> dict[str, A
                     project[name] = run_stage(name, ctx, args.repeat)
             if run_whole:
                 project["whole"] = run_stage("whole", ctx, args.repeat)
+            if run_whole and not prepared.error:
+                # The publish task's rollup: this day's table published as 90 days, then read.
+                published = run_stage("rollup_prepare", ctx, 1)
+                project["rollup"] = published if published.error else run_stage("rollup", ctx, 1)
             if not prepared.error:
                 # The validate and count tasks' own steps, each in a fresh process, once.
                 for name in ("validate_step", "aggregate_step"):
@@ -367,6 +371,15 @@ def size_table(result: dict[str, Any]) -> list[str]:
             f"process (`pipeline.validate_step`, then `pipeline.aggregate_step`, one day at a "
             f"time): {steps[0]['seconds']:.2f} s, peak {steps[0]['process_peak_mb']:.0f} MB; "
             f"{steps[1]['seconds']:.2f} s, peak {steps[1]['process_peak_mb']:.0f} MB.",
+        ]
+    rollup = project.get("rollup", {})
+    if rollup.get("seconds"):
+        lines += [
+            "",
+            f"The publish task's {ROLLUP_DAYS}-day rollup (`publish.build_rollup` reading this "
+            f"day's CSV published as {ROLLUP_DAYS} days in Azurite, the same senders every "
+            f"day), in a fresh process: {rollup['seconds']:.2f} s, "
+            f"{rollup['runs'][0]['units']:,} addresses, peak {rollup['process_peak_mb']:.0f} MB.",
         ]
     validate = project.get("validate", {})
     if validate.get("runs"):

@@ -330,6 +330,54 @@ def project_aggregate_step(ctx: Context) -> Callable[[], Outcome]:
     return stage
 
 
+ROLLUP_DAYS = 90
+
+
+def _rollup_days(ctx: Context) -> tuple[Any, str, list[Any]]:
+    """The store, prefix and days of the published window the rollup stage reads."""
+    from spamgeo.publish import blob_store_from_connection_string
+
+    last = _window(ctx).days()[-1]
+    days = [last - timedelta(days=back) for back in range(ROLLUP_DAYS - 1, -1, -1)]
+    store = blob_store_from_connection_string(ctx.azurite, CONTAINER)
+    return store, f"rollup/{ctx.work.name}", days
+
+
+def project_rollup_prepare(ctx: Context) -> Callable[[], Outcome]:
+    """Not a measurement: the measured day's daily table published as each of 90 days."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from spamgeo.publish import publish_day
+
+    store, prefix, days = _rollup_days(ctx)
+    daily = pq.read_table(ctx.work / "daily.parquet")
+    date_column = daily.schema.get_field_index("Date")
+
+    def stage() -> Outcome:
+        for day in days:
+            dated = daily.set_column(
+                date_column, "Date", pa.array([day] * daily.num_rows, pa.date32())
+            )
+            publish_day(store, prefix, day, dated, attachments={}, manifest={})
+        return Outcome(daily.num_rows * len(days), {"days": len(days)})
+
+    return stage
+
+
+def project_rollup(ctx: Context) -> Callable[[], Outcome]:
+    """build_rollup over 90 published days in Azurite, as every publish task ends."""
+    from spamgeo.publish import build_rollup
+
+    store, prefix, days = _rollup_days(ctx)
+
+    def stage() -> Outcome:
+        rollup = build_rollup(store, prefix, days[-1], days=len(days))
+        return Outcome(rollup.rows, {"days": len(rollup.days_present)})
+
+    return stage
+
+
 def project_prepare(ctx: Context) -> Callable[[], Outcome]:
     """Not a measurement: the inputs of the later stages, from the fetched extract."""
     import pyarrow.parquet as pq
@@ -550,6 +598,8 @@ STAGES: dict[str, Callable[[Context], Callable[[], Outcome]]] = {
     "csv": project_csv,
     "upload": project_upload,
     "prepare": project_prepare,
+    "rollup_prepare": project_rollup_prepare,
+    "rollup": project_rollup,
     "validate_step": project_validate_step,
     "aggregate_step": project_aggregate_step,
     "whole": project_whole,
