@@ -34,6 +34,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from spamgeo import __version__
+from spamgeo.memory import release_freed_memory
 from spamgeo.schema import DAILY_COLUMNS, DAILY_TYPES, LOCATION_COLUMNS, SEED_COLUMNS
 from spamgeo.window import Window
 
@@ -854,6 +855,10 @@ class RollupFold:
         )
         columns.update({name: latest[name] for name in _LATEST_COLUMNS})
         self._rollup = pa.table({name: columns[name] for name in _ROLLUP_STATE_COLUMNS})
+        del days, incoming, earlier, combined, grouped, latest, columns
+        # The folded days' memory goes back to the kernel rather than waiting, fragmented
+        # across the readers' malloc arenas, for days of other sizes.
+        release_freed_memory()
 
 
 _LATEST_COLUMNS = ["Latitude", "Longitude", *LATEST_GEO_COLUMNS]
