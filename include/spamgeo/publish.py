@@ -787,18 +787,25 @@ class RollupFold:
             self._fold()
 
     def result(self) -> pa.Table:
-        """The rollup, most spam first, then by address."""
+        """The rollup, most spam first, then by address; the fold is empty afterwards."""
         self._fold()
-        rollup = self._rollup.select(ROLLUP_COLUMNS)
-        return rollup.sort_by(
-            [("count_", "descending"), ("SenderIPv4", "ascending"), ("SenderIPv6", "ascending")]
+        rollup, self._rollup = self._rollup, _empty_rollup_state()
+        order = pc.sort_indices(
+            rollup,
+            [("count_", "descending"), ("SenderIPv4", "ascending"), ("SenderIPv6", "ascending")],
         )
+        # Column by column, each unsorted column dropped once taken: the whole rollup is never
+        # held twice, which is most of the memory of a window of many distinct addresses.
+        unsorted = {name: rollup[name] for name in ROLLUP_COLUMNS}
+        del rollup
+        return pa.table({name: unsorted.pop(name).take(order) for name in ROLLUP_COLUMNS})
 
     def _fold(self) -> None:
         if not self._pending:
             return
         days = pa.concat_tables(self._pending, promote_options="permissive")
         self._pending, self._pending_rows = [], 0
+        state, self._rollup = self._rollup, _empty_rollup_state()
         dates = days["Date"]
         incoming = pa.table(
             {
@@ -810,12 +817,13 @@ class RollupFold:
                 **{name: days[name] for name in _LATEST_COLUMNS},
             }
         )
-        earlier = self._rollup.append_column("NewDay", pa.nulls(self._rollup.num_rows, pa.date32()))
+        earlier = state.append_column("NewDay", pa.nulls(state.num_rows, pa.date32()))
         # One contiguous chunk per column: grouping over the many small blocks read_csv yields
-        # is several times slower.
+        # is several times slower. Its inputs are dropped at once, not held through the fold.
         combined = pa.concat_tables(
             [earlier, incoming.select(earlier.column_names)], promote_options="permissive"
         ).combine_chunks()
+        del state, earlier, days, dates, incoming
 
         # Each row's last day and position packed into one integer: its maximum per address
         # points at the address's latest row without sorting. Rollup rows come first, so a
@@ -855,7 +863,7 @@ class RollupFold:
         )
         columns.update({name: latest[name] for name in _LATEST_COLUMNS})
         self._rollup = pa.table({name: columns[name] for name in _ROLLUP_STATE_COLUMNS})
-        del days, incoming, earlier, combined, grouped, latest, columns
+        del combined, grouped, latest, columns
         # The folded days' memory goes back to the kernel rather than waiting, fragmented
         # across the readers' malloc arenas, for days of other sizes.
         release_freed_memory()
