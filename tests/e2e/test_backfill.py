@@ -72,6 +72,16 @@ def airflow_env(home: Path, api: StandIn, azurite, work_dir: Path) -> dict[str, 
     return env
 
 
+def stop(process: subprocess.Popen, timeout: float = 120) -> None:
+    """Ask a component to exit, and kill it if it has not within `timeout` seconds."""
+    process.terminate()
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def backfill_runs(home: Path) -> list[tuple[str, str]]:
     # Unpausing also lets the scheduler start the latest scheduled interval; only the
     # backfill's own runs are this test's business.
@@ -140,10 +150,11 @@ def test_backfill_publishes_each_requested_day_once(
                 assert time.monotonic() - started < DEADLINE_S, f"backfill unfinished: {runs}"
                 time.sleep(3)
         finally:
-            for process in components:
-                process.terminate()
-            for process in components:
-                process.wait(60)
+            # The scheduler first: its executor lets running tasks (the scheduled run's, say)
+            # finish, and they report to the API server, which must still be up.
+            api_server, scheduler, dag_processor = components
+            for process in (scheduler, dag_processor, api_server):
+                stop(process)
             log.close()
 
     assert [state for _, state in runs] == ["success"] * 3, runs
