@@ -343,57 +343,55 @@ def size_table(result: dict[str, Any]) -> list[str]:
                 f"| **{label}** | | {mine_total:.3f} | | | | | {naive_total:.3f} | | "
                 f"| **{naive_total / mine_total:.1f}x** |"
             )
+    # Paragraphs after the table, each set off by a blank line.
+    paragraphs: list[str] = []
     parse = project.get("parse", {})
     if parse.get("seconds"):
-        lines += [
-            "",
+        paragraphs.append(
             f"Parsing alone (answers read from disk, no HTTP/TLS/Parquet): "
             f"{parse['seconds']:.3f} s, {_fmt(parse['rate'])} rows/s, "
-            f"peak {_fmt(parse['process_peak_mb'], 0)} MB.",
-        ]
+            f"peak {_fmt(parse['process_peak_mb'], 0)} MB."
+        )
     whole = project.get("whole", {})
     if whole.get("seconds"):
         first = whole["runs"][0]
         laps = ", ".join(f"{k} {v:.2f} s" for k, v in first.get("laps", {}).items())
-        lines += [
-            "",
+        paragraphs.append(
             f"Whole local processing in one process (parse -> validate -> count -> geolocate -> "
             f"check -> CSV): {whole['seconds']:.2f} s, peak {whole['process_peak_mb']:.0f} MB "
             f"(imports before the clock: {first.get('import_seconds', 0):.2f} s). "
-            f"First run's split: {laps}.",
-        ]
+            f"First run's split: {laps}."
+        )
     steps = [project.get(name, {}) for name in ("validate_step", "aggregate_step")]
     if all(step.get("seconds") for step in steps):
         days = steps[0]["runs"][0].get("days")
-        lines += [
-            "",
+        paragraphs.append(
             f"The validate and count tasks' own steps over the {days} day(s), each in a fresh "
             f"process (`pipeline.validate_step`, then `pipeline.aggregate_step`, one day at a "
             f"time): {steps[0]['seconds']:.2f} s, peak {steps[0]['process_peak_mb']:.0f} MB; "
-            f"{steps[1]['seconds']:.2f} s, peak {steps[1]['process_peak_mb']:.0f} MB.",
-        ]
+            f"{steps[1]['seconds']:.2f} s, peak {steps[1]['process_peak_mb']:.0f} MB."
+        )
     rollup = project.get("rollup", {})
     if rollup.get("seconds"):
-        lines += [
-            "",
+        paragraphs.append(
             f"The publish task's {ROLLUP_DAYS}-day rollup (`publish.build_rollup` reading this "
             f"day's CSV published as {ROLLUP_DAYS} days in Azurite, the same senders every "
             f"day), in a fresh process: {rollup['seconds']:.2f} s, "
-            f"{rollup['runs'][0]['units']:,} addresses, peak {rollup['process_peak_mb']:.0f} MB.",
-        ]
+            f"{rollup['runs'][0]['units']:,} addresses, peak {rollup['process_peak_mb']:.0f} MB."
+        )
     validate = project.get("validate", {})
     if validate.get("runs"):
-        lines += [
-            "",
+        paragraphs.append(
             f"Validate excludes importing Great Expectations "
-            f"({validate['runs'][0].get('gx_import_seconds', 0):.2f} s, paid once per worker).",
-        ]
+            f"({validate['runs'][0].get('gx_import_seconds', 0):.2f} s, paid once per worker)."
+        )
     if not result["naive_ran"]:
-        lines += [
-            "",
+        paragraphs.append(
             "The naive pipeline was not run at this size: one geoip2 lookup per row and the "
-            "SDK's per-row model objects would take minutes and gigabytes.",
-        ]
+            "SDK's per-row model objects would take minutes and gigabytes."
+        )
+    for paragraph in paragraphs:
+        lines += ["", paragraph]
     errors = [
         f"- {side} {name}: {series['error']}"
         for side in ("project", "naive")
