@@ -34,6 +34,8 @@ from typing import TYPE_CHECKING, NamedTuple
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from spamgeo.schema import IPV4_PATTERN
+
 if TYPE_CHECKING:
     import numpy as np
 
@@ -401,7 +403,7 @@ def _canonical_texts(
     """
     # Nearly every address arrives already canonical: those skip the per-value Python call.
     if ipv4_column:
-        canonical = pc.match_substring_regex(texts, f"^{_CANONICAL_IPV4}$")
+        canonical = pc.match_substring_regex(texts, f"^{IPV4_PATTERN}$")
     else:
         canonical = pc.and_not(
             pc.match_substring_regex(texts, _CANONICAL_SHAPES),
@@ -417,8 +419,6 @@ def _canonical_texts(
     return pc.replace_with_mask(texts, to_normalise, pa.array(normalised, pa.string()))
 
 
-_OCTET = "(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
-_CANONICAL_IPV4 = rf"{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}"
 # Two IPv6 spellings that are canonical as they stand (RFC 5952, which `ipaddress` follows):
 # all eight hextets in lower case without leading zeros, no two zero hextets side by side (those
 # must be compressed); or a non-zero first hextet, then only non-zero hextets around a "::" that
@@ -432,7 +432,7 @@ _COMPRESSED_IPV6 = "|".join(
     for left in range(1, 7)
     for right in range(0, 7 - left)
 )
-_CANONICAL_SHAPES = rf"^({_CANONICAL_IPV4}|{_FULL_IPV6}|{_COMPRESSED_IPV6})$"
+_CANONICAL_SHAPES = rf"^({IPV4_PATTERN}|{_FULL_IPV6}|{_COMPRESSED_IPV6})$"
 _ADJACENT_ZERO_HEXTETS = "(^|:)0:0(:|$)"
 
 
@@ -558,16 +558,19 @@ def _with_address_columns(
 ) -> pa.Table:
     """Turn date and address ids back into Date, SenderIPv6/SenderIPv4/IPVersion, and sort."""
     address_ids = pa.array(counts.address_ids)
-    sort_keys = pa.table(
-        {
-            "Date": dates.take(pa.array(counts.date_ids)),
-            "count_": pa.array(counts.rows, pa.int64()),
-            "IPVersion": order.versions.take(address_ids),
-            "address": order.ranks.take(address_ids),
-        }
-    )
+    day = dates.take(pa.array(counts.date_ids))
+    rows = pa.array(counts.rows, pa.int64())
+    versions = order.versions.take(address_ids)
     sorted_rows = _output_order(counts, dates, order)
     if sorted_rows is None:
+        sort_keys = pa.table(
+            {
+                "Date": day,
+                "count_": rows,
+                "IPVersion": versions,
+                "address": order.ranks.take(address_ids),
+            }
+        )
         sorted_rows = pc.sort_indices(
             sort_keys,
             sort_keys=[
@@ -579,14 +582,14 @@ def _with_address_columns(
         )
 
     address = addresses.take(address_ids.take(sorted_rows))
-    version = sort_keys.column("IPVersion").take(sorted_rows)
+    version = versions.take(sorted_rows)
     is_v6 = pc.equal(version, 6)
     table = pa.table(
         {
             "SenderIPv6": pc.if_else(is_v6, address, ""),
             "SenderIPv4": pc.if_else(is_v6, "", address),
-            "count_": sort_keys.column("count_").take(sorted_rows),
-            "Date": sort_keys.column("Date").take(sorted_rows),
+            "count_": rows.take(sorted_rows),
+            "Date": day.take(sorted_rows),
             "DistinctMessages": pa.array(counts.messages, pa.int64()).take(sorted_rows),
             "DistinctMessageRecipients": pa.array(counts.message_recipients, pa.int64()).take(
                 sorted_rows

@@ -35,7 +35,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from spamgeo.schema import DAILY_COLUMNS, DAILY_TYPES, LOCATION_COLUMNS
+from spamgeo.schema import DAILY_COLUMNS, DAILY_TYPES, IPV4_OCTET_PATTERN, LOCATION_COLUMNS
 
 log = logging.getLogger(__name__)
 
@@ -205,8 +205,7 @@ def _plain_ipv4_pattern(special: tuple[list[int], list[int]]) -> str | None:
     plain = [str(octet) for octet in range(256) if octet not in touched]
     if not plain:
         return None
-    octet = "(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
-    return rf"^(?:{'|'.join(plain)})(?:\.{octet}){{3}}$"
+    return rf"^(?:{'|'.join(plain)})(?:\.{IPV4_OCTET_PATTERN}){{3}}$"
 
 
 _PLAIN_IPV4 = _plain_ipv4_pattern(_V4_SPECIAL)
@@ -306,11 +305,6 @@ class Geolocator:
         """6 if the database of `setting` holds IPv6 too, 4 if IPv4 only, None if not open."""
         info = next((db for db in self.databases if db.setting == setting), None)
         return None if info is None else info.ip_version
-
-    def serves(self, setting: str, address: str) -> bool:
-        """False for an IPv6 address and an IPv4-only database, which would raise on lookup."""
-        ip_version = self.ip_version(setting)
-        return ip_version is not None and (ip_version == 6 or ":" not in address)
 
     def city_fields(self, addresses: list[str]) -> dict[str, list[Any]]:
         """City columns (GEO_SCHEMA names) for valid global addresses, None where unknown."""

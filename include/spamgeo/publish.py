@@ -834,9 +834,9 @@ class RollupFold:
         position = pa.array(np.arange(combined.num_rows, dtype=np.int64))
         latest_key = pc.add(pc.multiply(day_number, 1 << 32), position)
         grouped = (
-            combined.select([*ADDRESS_KEYS, *SUMMED_COLUMNS, "FirstSeen", "LastSeen"])
-            .append_column("DaysSeen", combined["DaysSeen"])
-            .append_column("NewDay", combined["NewDay"])
+            combined.select(
+                [*ADDRESS_KEYS, *SUMMED_COLUMNS, "FirstSeen", "LastSeen", "DaysSeen", "NewDay"]
+            )
             .append_column("latest", latest_key)
             .group_by(ADDRESS_KEYS)
             .aggregate(
@@ -919,7 +919,8 @@ def _read_ahead(
             queue.append((day, pool.submit(load, day)))
         while queue:
             day, future = queue.popleft()
-            for later in itertools.islice(upcoming, 1):
+            later = next(upcoming, None)
+            if later is not None:
                 queue.append((later, pool.submit(load, later)))
             yield day, future.result()
 

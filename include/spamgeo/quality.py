@@ -23,7 +23,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from spamgeo.schema import DAILY_COLUMNS, RAW_COLUMNS
+from spamgeo.schema import DAILY_COLUMNS, IPV4_PATTERN, RAW_COLUMNS
 from spamgeo.window import Window
 
 log = logging.getLogger(__name__)
@@ -114,12 +114,6 @@ _TOLERANCES = (
     "max_quarantine_share",
 )
 
-# IPv4 dotted quad as the ipaddress module accepts it: four decimal octets 0-255, no leading
-# zeros. RE2 runs it over the whole column without a Python loop.
-_IPV4_PATTERN = (
-    r"^(?:(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}"
-    r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])$"
-)
 # IPv6 in plain hex notation, one "::" at most: every string it matches is an address the
 # ipaddress module accepts, so only the rest (IPv4 suffixes, zone indexes, junk) needs Python.
 _HEXTET = "[0-9A-Fa-f]{1,4}"
@@ -653,7 +647,7 @@ def _outside_window(times: pa.ChunkedArray, window: Window) -> pa.ChunkedArray:
 
 def _invalid_ipv4(values: pa.Array) -> pa.Array:
     """The distinct values that are set but are no dotted-quad IPv4 address."""
-    valid = pc.fill_null(pc.match_substring_regex(values, _IPV4_PATTERN), False)
+    valid = pc.fill_null(pc.match_substring_regex(values, f"^{IPV4_PATTERN}$"), False)
     return values.filter(pc.and_(_non_empty(values), pc.invert(valid)))
 
 

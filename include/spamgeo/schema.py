@@ -47,6 +47,11 @@ DAILY_EXTRA_COLUMNS: list[str] = [
 
 DAILY_COLUMNS: list[str] = SEED_COLUMNS + DAILY_EXTRA_COLUMNS
 
+# One decimal octet as `ipaddress` accepts it, 0-255 without leading zeros, and a dotted quad of
+# four: the shape of a SenderIPv4 value, which RE2 checks over a whole column without Python.
+IPV4_OCTET_PATTERN = "(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+IPV4_PATTERN = rf"{IPV4_OCTET_PATTERN}(?:\.{IPV4_OCTET_PATTERN}){{3}}"
+
 # The Arrow type of every daily column: numbers stay numbers, so Power BI needs no conversion.
 DAILY_TYPES: dict[str, pa.DataType] = {
     "SenderIPv6": pa.string(),

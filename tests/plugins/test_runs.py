@@ -76,16 +76,22 @@ def test_power_bi_refresh_is_skipped_without_its_connection(
         require_power_bi()
 
 
-def test_power_bi_refresh_is_skipped_without_its_dataset(monkeypatch: pytest.MonkeyPatch) -> None:
+def configure_power_bi(monkeypatch: pytest.MonkeyPatch, *, dataset: str | None) -> None:
+    """The Power BI connection and group as Airflow reads them; the dataset only if given."""
     monkeypatch.setenv("AIRFLOW_CONN_SPAMGEO_POWERBI", POWER_BI)
     monkeypatch.setenv("AIRFLOW_VAR_SPAMGEO_POWERBI_GROUP_ID", "group")
-    monkeypatch.delenv("AIRFLOW_VAR_SPAMGEO_POWERBI_DATASET_ID", raising=False)
+    if dataset is None:
+        monkeypatch.delenv("AIRFLOW_VAR_SPAMGEO_POWERBI_DATASET_ID", raising=False)
+    else:
+        monkeypatch.setenv("AIRFLOW_VAR_SPAMGEO_POWERBI_DATASET_ID", dataset)
+
+
+def test_power_bi_refresh_is_skipped_without_its_dataset(monkeypatch: pytest.MonkeyPatch) -> None:
+    configure_power_bi(monkeypatch, dataset=None)
     with pytest.raises(AirflowSkipException, match="spamgeo_powerbi_dataset_id"):
         require_power_bi()
 
 
 def test_power_bi_refresh_goes_ahead_when_configured(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("AIRFLOW_CONN_SPAMGEO_POWERBI", POWER_BI)
-    monkeypatch.setenv("AIRFLOW_VAR_SPAMGEO_POWERBI_DATASET_ID", "dataset")
-    monkeypatch.setenv("AIRFLOW_VAR_SPAMGEO_POWERBI_GROUP_ID", "group")
+    configure_power_bi(monkeypatch, dataset="dataset")
     assert require_power_bi() is None
